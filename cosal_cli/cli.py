@@ -1,0 +1,400 @@
+"""The ``cosal`` command line: parses arguments and prints; the work happens in pipeline and hub.
+
+Heavy modules (torch, the pipeline, the hub) are imported inside the commands so that
+``cosal --help`` and ``cosal --version`` answer at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cosal_cli import __version__
+from cosal_cli.errors import CosalError, ExitCode, UsageError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from cosal_cli.io import Problem
+    from cosal_cli.pipeline import GroupReport, Summary
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 all done, 1 some inputs failed, 2 usage error, 3 weights unavailable "
+    "(offline / not cached), 4 weights checksum mismatch, 130 interrupted."
+)
+
+app = typer.Typer(
+    name="cosal",
+    help=f"Co-saliency detection: image groups in, one map per image out. {EXIT_CODES_HELP}",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+weights_app = typer.Typer(help="List, fetch, verify and locate weight components.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    app()
+
+
+def _handle_errors(command: Callable) -> Callable:
+    """Turn CosalError into a one-line message and its documented exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except CosalError as exc:
+            stderr.print(f"[bold red]error:[/] {_escape(str(exc))}")
+            raise typer.Exit(int(exc.exit_code)) from None
+        except KeyboardInterrupt:
+            stderr.print("[yellow]interrupted[/]")
+            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+
+    return wrapper
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        stdout.print(f"cosal {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    pass
+
+
+# ----------------------------------------------------------------------------------------------
+# detect
+# ----------------------------------------------------------------------------------------------
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+@_handle_errors
+def detect(
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Group folders (images inside), folders of group folders, dataset roots (Image/<group>/), "
+            "or - to read such paths from stdin, one per line.",
+            show_default=False,
+        ),
+    ],
+    method: Annotated[Optional[str], typer.Option("--method", "-m", help="Method name (see `cosal methods`).")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Maps go to OUTPUT/<group>/<stem>.png.")] = Path(
+        "cosal-maps"
+    ),
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Keep maps that exist (resume a run).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace maps that exist.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass (memory, not results).")] = 8,
+    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network for weights.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors (and --json).")] = False,
+) -> None:
+    """Write a co-saliency map for every image of every group."""
+    from cosal_cli import hub, io, methods, pipeline
+
+    if skip_existing and overwrite:
+        raise UsageError("--skip-existing and --overwrite exclude each other")
+    method_name = method or methods.DEFAULT_METHOD
+    methods.card(method_name)  # unknown names fail before any file is read
+    discovery = io.discover(io.read_paths(paths))
+    existing = "skip" if skip_existing else "overwrite" if overwrite else "error"
+    total = sum(len(group.images) + len(group.problems) for group in discovery.groups)
+
+    with _progress(quiet, total) as progress:
+        reporter = _ConsoleReporter(progress, quiet)
+        summary = pipeline.run(
+            discovery,
+            method_name,
+            output,
+            device_spec=device,
+            existing=existing,
+            batch_size=batch_size,
+            offline=hub.offline_mode(offline),
+            reporter=reporter,
+            download_progress=_download_progress(progress) if progress else None,
+        )
+    if json_output:
+        stdout.print_json(json.dumps(summary.to_json()))
+    if not quiet:
+        _print_detect_summary(summary)
+    raise typer.Exit(int(summary.exit_code))
+
+
+class _ConsoleReporter:
+    """Progress bar on a terminal, one plain line per group otherwise; errors always on stderr."""
+
+    def __init__(self, progress: Progress | None, quiet: bool):
+        self.progress, self.quiet = progress, quiet
+        self.console = progress.console if progress else stderr
+        self.task = progress.tasks[0].id if progress else None
+
+    def notice(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(f"[dim]note:[/] {_escape(message)}")
+
+    def problem(self, problem: Problem) -> None:
+        self.console.print(f"[bold red]error:[/] {_escape(str(problem))}")
+
+    def advance(self, images: int) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.advance(self.task, images)
+
+    def group_done(self, report: GroupReport) -> None:
+        if self.progress is None and not self.quiet:
+            self.console.print(
+                f"{_escape(report.name)}: {report.written} written, {report.skipped} skipped, "
+                f"{report.failed} failed ({report.seconds:.1f} s) -> {_escape(report.output)}"
+            )
+
+
+class _progress:
+    """A rich progress bar on stderr when it is a terminal (and not --quiet); None otherwise."""
+
+    def __init__(self, quiet: bool, total: int):
+        self.progress: Progress | None = None
+        if not quiet and stderr.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=stderr,
+                transient=False,
+            )
+            self.progress.add_task("images", total=total)
+
+    def __enter__(self) -> Progress | None:
+        if self.progress is not None:
+            self.progress.start()
+        return self.progress
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _download_progress(progress: Progress) -> Callable[[str, int, int | None], None]:
+    tasks: dict[str, Any] = {}
+
+    def update(label: str, done: int, total: int | None) -> None:
+        if label not in tasks:
+            tasks[label] = progress.add_task(f"download {label}", total=total)
+        progress.update(tasks[label], completed=done)
+
+    return update
+
+
+def _print_detect_summary(summary: Summary) -> None:
+    counts = summary.to_json()
+    rate = counts["images_per_second"]
+    line = (
+        f"{summary.written} map(s) written to {summary.output}/ for {len(summary.groups)} group(s)"
+        f" ({summary.skipped} skipped, {len(summary.failures)} failed) with {summary.method} on {summary.device}"
+        f" in {summary.timings.get('total_s', 0):.1f} s"
+        + (f", {rate:.2f} images/s" if rate else "")
+    )
+    stderr.print(_escape(line))
+    for group in summary.groups:
+        if group.written:
+            stderr.print(f"  {_escape(group.output)}/")
+    if summary.interrupted:
+        stderr.print("[yellow]interrupted: rerun with --skip-existing to finish[/]")
+
+
+# ----------------------------------------------------------------------------------------------
+# methods
+# ----------------------------------------------------------------------------------------------
+
+
+@app.command("methods")
+@_handle_errors
+def list_methods(json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """The available methods: paper, components, and whether their weights are cached."""
+    from cosal_cli import methods
+    from cosal_cli.hub import WeightHub
+
+    hub = WeightHub()
+    rows = []
+    for card in methods.CARDS.values():
+        roles = hub.manifest.methods.get(card.name, {})
+        rows.append(
+            {
+                "name": card.name,
+                "default": card.name == methods.DEFAULT_METHOD,
+                "paper": card.paper,
+                "summary": card.summary,
+                "weights": {
+                    role: {"component": cid, "cached": hub.is_cached(hub.manifest.component(cid))}
+                    for role, cid in roles.items()
+                },
+                "sism": card.sism,
+                "refiners": list(card.refiners),
+            }
+        )
+    if json_output:
+        stdout.print_json(json.dumps(rows))
+        return
+    table = Table(title="cosal methods", show_lines=True)
+    for column in ("method", "paper", "weights (cached?)", "SISM", "refiners"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        weights = "\n".join(
+            f"{role}: {item['component']} {'[green]yes[/]' if item['cached'] else '[red]no[/]'}"
+            for role, item in row["weights"].items()
+        )
+        name = row["name"] + (" (default)" if row["default"] else "")
+        table.add_row(name, f"{row['paper']}\n[dim]{row['summary']}[/]", weights, row["sism"] or "-",
+                      ", ".join(row["refiners"]) or "-")  # fmt: skip
+    stdout.print(table)
+
+
+# ----------------------------------------------------------------------------------------------
+# weights
+# ----------------------------------------------------------------------------------------------
+
+
+@weights_app.command("list")
+@_handle_errors
+def weights_list(json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Every component of the manifest, where it comes from and whether it is cached."""
+    from cosal_cli.hub import WeightHub
+
+    hub = WeightHub()
+    rows = []
+    for component in hub.manifest.components.values():
+        users = [name for name, roles in hub.manifest.methods.items() if component.id in roles.values()]
+        rows.append(
+            {
+                "id": component.id,
+                "description": component.description,
+                "licence": component.licence,
+                "source": component.source.describe(),
+                "size": component.size,
+                "sha256": component.sha256,
+                "methods": users,
+                "cached": hub.is_cached(component),
+                "path": str(hub.artifact_path(component)),
+            }
+        )
+    if json_output:
+        stdout.print_json(json.dumps(rows))
+        return
+    table = Table(title=f"weight components ({hub.manifest.path})", show_lines=True)
+    for column in ("component", "methods", "source", "size", "licence", "cached"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["id"], ", ".join(row["methods"]) or "-", row["source"], f"{row['size'] / 1e6:.1f} MB",
+                      row["licence"], "[green]yes[/]" if row["cached"] else "[red]no[/]")  # fmt: skip
+    stdout.print(table)
+    stdout.print(f"cache: {hub.home}")
+
+
+@weights_app.command("pull")
+@_handle_errors
+def weights_pull(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Component ids or method names.", show_default=False)] = None,
+    all_components: Annotated[bool, typer.Option("--all", help="Every component in the manifest.")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Only use files already on this machine.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
+) -> None:
+    """Fetch, convert and verify components into the cache (a corrupt cached file is replaced)."""
+    from cosal_cli.hub import WeightHub, offline_mode
+
+    hub = WeightHub()
+    if all_components == bool(names):
+        raise UsageError("name one or more components or methods, or pass --all")
+    components = list(hub.manifest.components.values()) if all_components else hub.manifest.expand(names or [])
+    worst = ExitCode.OK
+    with _progress(quiet, 0) as progress:
+        callback = _download_progress(progress) if progress else None
+        for component in components:
+            try:
+                path = hub.pull(component.id, offline=offline_mode(offline), progress=callback)
+            except CosalError as exc:
+                stderr.print(f"[bold red]error:[/] {_escape(str(exc))}")
+                worst = max(worst, exc.exit_code)
+                continue
+            if not quiet:
+                stderr.print(f"[green]ok[/] {component.id} -> {_escape(str(path))}")
+    raise typer.Exit(int(worst))
+
+
+@weights_app.command("verify")
+@_handle_errors
+def weights_verify(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Component ids or method names (default: all).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Re-hash cached components. Exit 4 if one is corrupt, 3 if a named one is missing."""
+    from cosal_cli.hub import WeightHub
+
+    hub = WeightHub()
+    components = hub.manifest.expand(names) if names else list(hub.manifest.components.values())
+    statuses = [hub.verify(component) for component in components]
+    worst = ExitCode.OK
+    for status in statuses:
+        if status.state == "corrupt":
+            worst = max(worst, ExitCode.WEIGHTS_CHECKSUM)
+        elif status.state == "missing" and names:
+            worst = max(worst, ExitCode.WEIGHTS_UNAVAILABLE)
+    if json_output:
+        rows = [
+            {"id": s.component.id, "state": s.state, "path": str(s.path), "detail": s.detail} for s in statuses
+        ]
+        stdout.print_json(json.dumps(rows))
+    else:
+        colours = {"ok": "green", "missing": "yellow", "corrupt": "bold red"}
+        for status in statuses:
+            detail = f" ({status.detail})" if status.detail else ""
+            stdout.print(
+                f"[{colours[status.state]}]{status.state}[/] {status.component.id} {_escape(str(status.path))}{detail}"
+            )
+    raise typer.Exit(int(worst))
+
+
+@weights_app.command("path")
+@_handle_errors
+def weights_path(name: Annotated[str, typer.Argument(help="Component id.", show_default=False)]) -> None:
+    """Print the path of a cached, verified component (exit 3 if it is not cached)."""
+    from cosal_cli.errors import ChecksumMismatch, WeightsUnavailable
+    from cosal_cli.hub import WeightHub
+
+    hub = WeightHub()
+    status = hub.verify(hub.manifest.component(name))
+    if status.state == "missing":
+        raise WeightsUnavailable(f"{name} is not cached ({status.path}); run `cosal weights pull {name}`")
+    if status.state == "corrupt":
+        raise ChecksumMismatch(f"{status.path} is corrupt ({status.detail}); run `cosal weights pull {name}`")
+    print(status.path)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

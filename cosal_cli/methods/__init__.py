@@ -1,0 +1,60 @@
+"""The method registry: a card per method, its implementation imported only when it runs.
+
+A card holds what ``cosal methods`` shows (paper, SISM generator, refiners) and where the code is,
+so listing methods never imports torch. The weight components a method needs are not here: the
+manifest maps each method's roles (``backbone``, ``head`` ...) to components, and the
+implementation declares which roles it reads (``Method.roles``); a test keeps the two in step.
+
+Adding a method: write ``cosal_cli/methods/<module>.py`` with a :class:`cosal_cli.methods.base.Method`
+subclass named ``Method``, add its card to ``CARDS`` and its roles to ``weights_manifest.yaml``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cosal_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from cosal_cli.methods.base import Method
+
+
+@dataclass(frozen=True)
+class MethodCard:
+    name: str
+    paper: str
+    summary: str
+    module: str  # dotted path of the module holding a class named ``Method``
+    sism: str | None = None  # the single-image saliency generator it consumes, if any
+    refiners: tuple[str, ...] = ()
+
+
+CARDS: dict[str, MethodCard] = {
+    card.name: card
+    for card in (
+        MethodCard(
+            name="csmg-mask",
+            paper="Zhang, Li, Liu, Liu. CVPR 2019, section 3.1 (Co-saliency Detection via Mask-guided Fully "
+            "Convolutional Networks with Multi-scale Label Smoothing)",
+            summary="training-free: one 1x1 filter on VGG-16 conv5_3 learned per group by ADMM (PCA + sparsity)",
+            module="cosal_cli.methods.csmg_mask",
+            refiners=("admm",),
+        ),
+    )
+}
+
+DEFAULT_METHOD = "csmg-mask"
+
+
+def card(name: str) -> MethodCard:
+    try:
+        return CARDS[name]
+    except KeyError:
+        raise UsageError(f"unknown method {name!r}; available: {', '.join(CARDS)} (see `cosal methods`)") from None
+
+
+def method_class(name: str) -> type[Method]:
+    module = importlib.import_module(card(name).module)
+    return module.Method

@@ -1,0 +1,39 @@
+"""What every co-saliency method implements; the pipeline does everything else.
+
+The pipeline decodes and resizes each image to ``input_size`` x ``input_size`` RGB in [0, 1], moves
+the whole group to the device as one (N, 3, S, S) tensor, calls :meth:`Method.predict_group`
+once, and resizes each returned map back to its image's original size with
+``output_interpolation`` before writing it. A method therefore owns only its computation.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+
+class Method(ABC):
+    name: ClassVar[str]
+    #: Weight roles read from the manifest (``methods: <name>: {role: component}``).
+    roles: ClassVar[tuple[str, ...]]
+    input_size: ClassVar[int] = 224
+    #: How maps are brought back to the image size: "bilinear" or "bicubic" (values are clamped to [0, 1]).
+    output_interpolation: ClassVar[str] = "bilinear"
+    #: False for methods that need autograd at inference (GICD); the pipeline then leaves grad mode on.
+    inference_mode: ClassVar[bool] = True
+
+    def __init__(self, weights: Mapping[str, Path], device: torch.device, batch_size: int = 8):
+        self.device = device
+        self.batch_size = max(1, batch_size)
+
+    @abstractmethod
+    def predict_group(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) RGB in [0, 1] on ``self.device`` to (N, h, w) maps in [0, 1].
+
+        The whole group comes in one call because the result of every co-saliency method depends on
+        the other images of the group; a method bounds its own memory with ``self.batch_size``.
+        """

@@ -1,0 +1,1 @@
+"""Networks (torch modules) and the converters that turn published weight files into their state dicts."""

@@ -1,0 +1,392 @@
+"""Moves image groups through a method: decode, batch, run on the device, resize back, write.
+
+The pipeline owns everything a method should not care about: which outputs already exist, decoding
+(in a background thread, one group ahead of the computation), device placement, grad mode, bringing
+maps back to each image's original size and writing them atomically. Every problem with one input
+is recorded and the batch goes on; the :class:`Summary` says what happened and which exit code
+that means.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from cosal_cli import __version__
+from cosal_cli.errors import ExitCode, UsageError
+from cosal_cli.hub import ProgressCallback, WeightHub
+from cosal_cli.io import Discovery, Group, ImageFile, InputError, Problem, load_rgb, write_map
+
+EXISTING_POLICIES = ("error", "skip", "overwrite")
+
+
+class Reporter(Protocol):
+    """How the pipeline tells the command line what is going on (printing is the CLI's job)."""
+
+    def notice(self, message: str) -> None: ...
+    def problem(self, problem: Problem) -> None: ...
+    def advance(self, images: int) -> None: ...
+    def group_done(self, report: GroupReport) -> None: ...
+
+
+@dataclass
+class GroupReport:
+    name: str
+    input: str
+    output: str
+    images: int = 0
+    written: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    outputs: list[dict[str, str]] = field(default_factory=list)  # {"input", "output", "status"}
+
+
+@dataclass
+class Summary:
+    method: str
+    device: str
+    output: str
+    groups: list[GroupReport] = field(default_factory=list)
+    failures: list[Problem] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
+
+    @property
+    def images(self) -> int:
+        return sum(group.images for group in self.groups)
+
+    @property
+    def written(self) -> int:
+        return sum(group.written for group in self.groups)
+
+    @property
+    def skipped(self) -> int:
+        return sum(group.skipped for group in self.groups)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.interrupted:
+            return ExitCode.INTERRUPTED
+        return ExitCode.INPUTS_FAILED if self.failures else ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        computed = self.timings.get("decode_s", 0) + self.timings.get("compute_s", 0) + self.timings.get("write_s", 0)
+        processed = sum(group.images - group.skipped for group in self.groups)
+        return {
+            "cosal_version": __version__,
+            "method": self.method,
+            "device": self.device,
+            "output": self.output,
+            "exit_code": int(self.exit_code),
+            "interrupted": self.interrupted,
+            "counts": {
+                "groups": len(self.groups),
+                "images": self.images,
+                "written": self.written,
+                "skipped": self.skipped,
+                "failed": len(self.failures),
+            },
+            "timings": {key: round(value, 4) for key, value in self.timings.items()},
+            "images_per_second": round(processed / computed, 3) if computed > 0 and processed else None,
+            "groups": [asdict(group) for group in self.groups],
+            "failures": [
+                {"path": str(problem.path), "group": problem.group, "message": problem.message}
+                for problem in self.failures
+            ],
+            "notices": self.notices,
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# Device and output planning
+# ----------------------------------------------------------------------------------------------
+
+
+def resolve_device(spec: str):
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` to a torch.device; a CUDA request without CUDA is a usage error."""
+    import torch
+
+    spec = spec.strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", spec)
+    if not match:
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, not {spec!r}")
+    if not torch.cuda.is_available():
+        build = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise UsageError(
+            f"--device {spec}: no CUDA device is available (torch {torch.__version__}, {build}); "
+            "use --device cpu or --device auto"
+        )
+    index = int(match.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise UsageError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return torch.device("cuda", index)
+
+
+def output_path(output_dir: Path, group: Group, image: ImageFile) -> Path:
+    return output_dir / group.name / image.output_name
+
+
+def check_existing(discovery: Discovery, output_dir: Path, policy: str) -> None:
+    """With the default policy, refuse to run over existing maps before any work is done."""
+    if policy != "error":
+        return
+    existing = [
+        output_path(output_dir, group, image)
+        for group in discovery.groups
+        for image in group.images
+        if output_path(output_dir, group, image).exists()
+    ]
+    if existing:
+        raise UsageError(
+            f"{len(existing)} map(s) already exist in {output_dir} (first: {existing[0]}); "
+            "pass --skip-existing to resume or --overwrite to replace them"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _DecodedGroup:
+    """One group ready for the network: kept images and their network-size pixels."""
+
+    images: list[ImageFile]
+    sizes: list[tuple[int, int]]  # (width, height) of each original, after EXIF orientation
+    pixels: np.ndarray | None  # (N, S, S, 3) uint8
+    problems: list[Problem]
+    notes: list[str]
+    seconds: float
+
+
+def run(
+    discovery: Discovery,
+    method_name: str,
+    output_dir: Path,
+    *,
+    device_spec: str = "auto",
+    existing: str = "error",
+    batch_size: int = 8,
+    offline: bool = False,
+    reporter: Reporter,
+    download_progress: ProgressCallback | None = None,
+) -> Summary:
+    """Run ``method_name`` on every group of ``discovery`` and write ``<output>/<group>/<name>.png``.
+
+    Raises UsageError / WeightsUnavailable / ChecksumMismatch for whole-run problems (before any map
+    is written); per-image problems end up in ``Summary.failures``.
+    """
+    import torch
+
+    from cosal_cli import methods
+
+    if existing not in EXISTING_POLICIES:
+        raise UsageError(f"existing-output policy must be one of {EXISTING_POLICIES}")
+    started = time.perf_counter()
+    method_class = methods.method_class(method_name)
+    device = resolve_device(device_spec)
+    check_existing(discovery, output_dir, existing)
+    summary = Summary(method=method_name, device=str(device), output=str(output_dir))
+    for problem in discovery.problems:
+        _record_problem(summary, reporter, problem)
+    for message in discovery.notices:
+        _record_notice(summary, reporter, message)
+
+    work = [group for group in discovery.groups if _pending(group, output_dir, existing)]
+    for group in discovery.groups:
+        if group not in work:
+            _finish_group(_skipped_group_report(group, output_dir, summary, reporter), 0.0, summary, reporter)
+
+    timings = {"weights_s": 0.0, "decode_s": 0.0, "compute_s": 0.0, "write_s": 0.0}
+    summary.timings = timings
+    if work:
+        tick = time.perf_counter()
+        weights = _resolve_roles(method_name, offline, download_progress)
+        method = method_class(weights, device, batch_size=batch_size)
+        timings["weights_s"] = time.perf_counter() - tick
+        try:
+            _run_groups(work, method, output_dir, existing, summary, reporter, torch)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+    timings["total_s"] = time.perf_counter() - started
+    return summary
+
+
+def _resolve_roles(method_name: str, offline: bool, progress: ProgressCallback | None) -> dict[str, Path]:
+    """Verified weight files for each role of the method (fetched first if missing and allowed)."""
+    hub = WeightHub()
+    return {
+        role: hub.resolve(component_id, offline=offline, progress=progress)
+        for role, component_id in hub.manifest.roles(method_name).items()
+    }
+
+
+def _pending(group: Group, output_dir: Path, existing: str) -> bool:
+    if not group.images:
+        return False
+    if existing != "skip":
+        return True
+    return not all(output_path(output_dir, group, image).exists() for image in group.images)
+
+
+def _new_report(group: Group, output_dir: Path, summary: Summary, reporter: Reporter) -> GroupReport:
+    """A group's report, with what discovery already knows: its notices and unusable files."""
+    report = GroupReport(
+        group.name, str(group.folder), str(output_dir / group.name), images=len(group.images) + len(group.problems)
+    )
+    for message in group.notices:
+        _record_notice(summary, reporter, message)
+    for problem in group.problems:
+        _fail(report, problem, summary, reporter)
+    return report
+
+
+def _finish_group(report: GroupReport, started: float, summary: Summary, reporter: Reporter) -> None:
+    report.seconds = time.perf_counter() - started if started else 0.0
+    summary.groups.append(report)
+    reporter.advance(report.images)
+    reporter.group_done(report)
+
+
+def _fail(report: GroupReport, problem: Problem, summary: Summary, reporter: Reporter, output: str = "") -> None:
+    report.failed += 1
+    report.outputs.append({"input": str(problem.path), "output": output, "status": "failed"})
+    _record_problem(summary, reporter, problem)
+
+
+def _skipped_group_report(group: Group, output_dir: Path, summary: Summary, reporter: Reporter) -> GroupReport:
+    report = _new_report(group, output_dir, summary, reporter)
+    for image in group.images:
+        report.skipped += 1
+        report.outputs.append(
+            {"input": str(image.path), "output": str(output_path(output_dir, group, image)), "status": "skipped"}
+        )
+    return report
+
+
+def _run_groups(work, method, output_dir, existing, summary, reporter, torch) -> None:
+    timings = summary.timings
+    size = method.input_size
+    # Decoding runs one group ahead in a worker thread (Pillow releases the GIL while decoding).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cosal-decode") as pool:
+        upcoming: Future = pool.submit(_decode_group, work[0], size)
+        try:
+            for index, group in enumerate(work):
+                decoded = upcoming.result()
+                if index + 1 < len(work):
+                    upcoming = pool.submit(_decode_group, work[index + 1], size)
+                timings["decode_s"] += decoded.seconds
+                _process_group(group, decoded, method, output_dir, existing, summary, reporter, torch)
+        except BaseException:
+            upcoming.cancel()
+            raise
+
+
+def _decode_group(group: Group, size: int) -> _DecodedGroup:
+    from PIL import Image
+
+    tick = time.perf_counter()
+    kept, sizes, pixels, problems, notes = [], [], [], [], []
+    for image in group.images:
+        try:
+            decoded = load_rgb(image.path)
+        except InputError as exc:
+            problems.append(Problem(image.path, str(exc), group.name))
+            continue
+        except OSError as exc:  # the file vanished or is unreadable between discovery and now
+            problems.append(Problem(image.path, f"cannot read: {exc.strerror or exc}", group.name))
+            continue
+        notes += [f"{image.path}: {note}" for note in decoded.notes]
+        kept.append(image)
+        sizes.append(decoded.size)
+        # Square resize with Pillow's bilinear filter, as the GICD / ICNet reference test scripts do.
+        pixels.append(np.asarray(decoded.rgb.resize((size, size), Image.BILINEAR)))
+    stacked = np.stack(pixels) if pixels else None
+    return _DecodedGroup(kept, sizes, stacked, problems, notes, time.perf_counter() - tick)
+
+
+def _process_group(group, decoded: _DecodedGroup, method, output_dir, existing, summary, reporter, torch) -> None:
+    started = time.perf_counter()
+    report = _new_report(group, output_dir, summary, reporter)
+    for note in decoded.notes:
+        _record_notice(summary, reporter, note)
+    for problem in decoded.problems:
+        _fail(report, problem, summary, reporter)
+    if decoded.pixels is not None:
+        try:
+            maps = _predict(method, decoded.pixels, summary, torch)
+        except (RuntimeError, ValueError) as exc:  # out of memory, numerical trouble: this group only
+            for image in decoded.images:
+                message = f"{method.name} failed on group {group.name}: {_first_line(exc)}"
+                _fail(report, Problem(image.path, message, group.name), summary, reporter)
+        else:
+            _write_group(group, decoded, maps, method, output_dir, existing, report, summary, reporter, torch)
+    _finish_group(report, started, summary, reporter)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0]
+
+
+def _predict(method, pixels: np.ndarray, summary, torch):
+    tick = time.perf_counter()
+    try:
+        batch = torch.from_numpy(pixels).to(method.device).permute(0, 3, 1, 2).float().div_(255.0)
+        with torch.inference_mode(method.inference_mode):
+            maps = method.predict_group(batch)
+        maps = maps.detach().float().cpu()
+    finally:
+        summary.timings["compute_s"] += time.perf_counter() - tick
+    if maps.ndim != 3 or maps.shape[0] != pixels.shape[0]:
+        raise RuntimeError(f"{method.name} returned maps of shape {tuple(maps.shape)} for {pixels.shape[0]} images")
+    return maps
+
+
+def _write_group(group, decoded, maps, method, output_dir, existing, report, summary, reporter, torch) -> None:
+    import torch.nn.functional as F
+
+    tick = time.perf_counter()
+    for image, (width, height), low_res in zip(decoded.images, decoded.sizes, maps):
+        destination = output_path(output_dir, group, image)
+        entry = {"input": str(image.path), "output": str(destination)}
+        if existing == "skip" and destination.exists():
+            report.skipped += 1
+            report.outputs.append({**entry, "status": "skipped"})
+            continue
+        full = F.interpolate(
+            low_res[None, None], size=(height, width), mode=method.output_interpolation, align_corners=False
+        )[0, 0]
+        values = full.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).numpy()
+        try:
+            write_map(values, destination)
+        except OSError as exc:
+            problem = Problem(image.path, f"cannot write {destination}: {exc.strerror or exc}", group.name)
+            _fail(report, problem, summary, reporter, output=str(destination))
+            continue
+        report.written += 1
+        report.outputs.append({**entry, "status": "written"})
+    summary.timings["write_s"] += time.perf_counter() - tick
+
+
+def _record_problem(summary: Summary, reporter: Reporter, problem: Problem) -> None:
+    summary.failures.append(problem)
+    reporter.problem(problem)
+
+
+def _record_notice(summary: Summary, reporter: Reporter, message: str) -> None:
+    summary.notices.append(message)
+    reporter.notice(message)
+
