@@ -196,7 +196,8 @@ def load_manifest(path: Path | None = None) -> Manifest:
 
 def parse_manifest(data: Any, path: Path) -> Manifest:
     """Validate a parsed manifest; every problem names the entry and the field."""
-    if not isinstance(data, dict) or data.get("schema") != 1:
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if type(schema) is not int or schema != 1:  # `type is int`: YAML's `true` is a bool, and True == 1
         raise ManifestError(f"{path}: expected a mapping with 'schema: 1' at the top")
     raw_components = data.get("components") or {}
     raw_methods = data.get("methods") or {}
@@ -215,6 +216,8 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         if not isinstance(roles, dict) or not roles:
             raise ManifestError(f"{path}: method {method!r} must map roles to component ids")
         for role, cid in roles.items():
+            if not isinstance(cid, str):
+                raise ManifestError(f"{path}: method {method!r} role {role!r} must name one component id")
             if cid not in components:
                 raise ManifestError(f"{path}: method {method!r} role {role!r} names unknown component {cid!r}")
         methods[str(method)] = {str(role): str(cid) for role, cid in roles.items()}
@@ -496,13 +499,13 @@ class WeightHub:
                     library_version=__version__,
                 )
             )
+        except LocalEntryNotFoundError:  # before EntryNotFoundError: in huggingface_hub 2.x it is a subclass
+            raise WeightsUnavailable(self._missing_message(component, offline)) from None
         except (RepositoryNotFoundError, EntryNotFoundError) as exc:
             raise WeightsUnavailable(
                 f"{source.describe()} for {component.id} does not exist on {endpoint or 'the Hub'}: "
                 f"{_first_line(exc)}. Check the manifest entry or HF_ENDPOINT."
             ) from None
-        except LocalEntryNotFoundError:
-            raise WeightsUnavailable(self._missing_message(component, offline)) from None
         except Exception as exc:  # httpx / OSError / consistency errors: network trouble or partial file
             raise WeightsUnavailable(
                 f"could not download {source.describe()} for {component.id}: {_first_line(exc)}. "
@@ -650,15 +653,10 @@ def _stream(url: str, destination: Path, label: str, progress: ProgressCallback 
     with _http_get(url) as response, open(destination, "wb") as out:
         length = response.headers.get("Content-Length")
         expected_size = int(length) if length and length.isdigit() else None
+        # A connection dropped mid-body raises http.client.IncompleteRead (chunked responses) or ends
+        # early (Content-Length, checked by the caller): both are network failures, retried there.
         while True:
-            try:
-                chunk = response.read(_CHUNK)
-            except http.client.IncompleteRead as exc:
-                chunk = exc.partial
-                out.write(chunk)
-                digest.update(chunk)
-                received += len(chunk)
-                break
+            chunk = response.read(_CHUNK)
             if not chunk:
                 break
             out.write(chunk)

@@ -227,9 +227,12 @@ def assign_output_names(paths: list[Path]) -> tuple[list[ImageFile], list[str]]:
                 taken.add(candidate.casefold())
                 files.append(ImageFile(path, candidate))
                 break
-    for clashing in (group for group in by_stem.values() if len(group) > 1):
-        mapping = ", ".join(f"{p.name} -> {f.output_name}" for p in clashing for f in files if f.path == p)
-        notices.append(f"inputs share the stem {clashing[0].stem!r}, maps are named {mapping}")
+    # Announce every input involved in a clash: those sharing a stem, and any pushed off its natural
+    # name by another input's fallback name (a.png -> a.png.png takes the name of an input a.png.png).
+    involved = [f for f in files if len(by_stem[f.path.stem.casefold()]) > 1 or f.output_name != f"{f.path.stem}.png"]
+    if involved:
+        mapping = ", ".join(f"{f.path.name} -> {f.output_name}" for f in involved)
+        notices.append(f"inputs share the stem of another input, so maps are named {mapping}")
     return files, notices
 
 
@@ -335,8 +338,9 @@ def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
     if mode == "RGB":
         return image
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        notes.append(f"{_mode_name(mode)} grayscale rescaled to 8-bit RGB")
-        return Image.fromarray(_to_uint8(np.asarray(image))).convert("RGB")
+        gray, how = _high_depth_to_uint8(np.asarray(image), mode)
+        notes.append(f"{_mode_name(mode)} grayscale {how}")
+        return Image.fromarray(gray).convert("RGB")
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         notes.append("palette image converted to RGB")
@@ -365,18 +369,24 @@ def _mode_name(mode: str) -> str:
     )
 
 
-def _to_uint8(values: np.ndarray) -> np.ndarray:
+def _high_depth_to_uint8(values: np.ndarray, mode: str) -> tuple[np.ndarray, str]:
+    """Map a 16-bit, 32-bit integer or float gray image to 8 bits by its *format's* range.
+
+    The scale follows the pixel format, never the image content, so the same 16-bit value always
+    gives the same 8-bit value. Only data outside its format's usual range is stretched, and the
+    note says so.
+    """
     values = values.astype(np.float64)
     low, high = float(values.min()), float(values.max())
-    if values.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
-        scaled = values * 255.0
-    elif low >= 0 and high <= 255:
-        scaled = values
-    elif low >= 0 and high <= 65535:
-        scaled = values / 257.0
+    if mode.startswith("I;16") or (mode == "I" and low >= 0 and high <= 65535):
+        # 16-bit data (Pillow may open a 16-bit PNG as mode "I"): 65535 -> 255.
+        scaled, how = values / 257.0, "rescaled from 16 to 8 bits"
+    elif mode == "F" and low >= 0.0 and high <= 1.0:
+        scaled, how = values * 255.0, "rescaled from [0, 1] to 8 bits"
     else:
         scaled = (values - low) * (255.0 / max(high - low, 1e-12))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        how = f"values {low:g}..{high:g} outside the format's range, stretched to 8 bits"
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8), how
 
 
 def _cmyk_to_rgb(image: Image.Image) -> Image.Image:
