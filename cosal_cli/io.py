@@ -19,6 +19,8 @@ from typing import TextIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cosal_cli.errors import first_line
+
 #: Pillow format names cosal decodes (MPO is the multi-picture JPEG many cameras write).
 SUPPORTED_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -296,18 +298,15 @@ def load_rgb(path: Path) -> DecodedImage:
         raise
     except Image.DecompressionBombError as exc:
         raise InputError(
-            f"too large to decode safely ({_first_line(exc)}); the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} "
+            f"too large to decode safely ({first_line(exc)}); the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} "
             "megapixels (decompression-bomb guard): downscale the image"
         ) from None
     except UnidentifiedImageError:
         raise InputError("not a readable image (corrupt, or not really JPEG/PNG/BMP/WebP/TIFF)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InputError(f"truncated or corrupt image data ({_first_line(exc)}); re-export or re-copy the file") from None
+        raise InputError(f"truncated or corrupt image data ({first_line(exc)}); re-export or re-copy the file") from None
     return DecodedImage(rgb, notes)
 
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip() or type(exc).__name__).splitlines()[0]
 
 
 def _check_supported(image: Image.Image) -> None:
@@ -327,7 +326,7 @@ def _apply_orientation(image: Image.Image, notes: list[str]) -> Image.Image:
     try:
         oriented = ImageOps.exif_transpose(image)
     except Exception as exc:  # broken EXIF blocks come in many shapes
-        notes.append(f"EXIF orientation unreadable ({_first_line(exc)}), used as stored")
+        notes.append(f"EXIF orientation unreadable ({first_line(exc)}), used as stored")
         return image
     return oriented if oriented is not None else image
 

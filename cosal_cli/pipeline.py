@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from cosal_cli import __version__
-from cosal_cli.errors import ExitCode, UsageError
+from cosal_cli import __version__, methods
+from cosal_cli.errors import ExitCode, UsageError, first_line
 from cosal_cli.hub import ProgressCallback, WeightHub
 from cosal_cli.io import Discovery, Group, ImageFile, InputError, Problem, load_rgb, write_map
 
@@ -110,10 +112,8 @@ class Summary:
 # ----------------------------------------------------------------------------------------------
 
 
-def resolve_device(spec: str):
+def resolve_device(spec: str) -> torch.device:
     """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` to a torch.device; a CUDA request without CUDA is a usage error."""
-    import torch
-
     spec = spec.strip().lower()
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -189,10 +189,6 @@ def run(
     Raises UsageError / WeightsUnavailable / ChecksumMismatch for whole-run problems (before any map
     is written); per-image problems end up in ``Summary.failures``.
     """
-    import torch
-
-    from cosal_cli import methods
-
     if existing not in EXISTING_POLICIES:
         raise UsageError(f"existing-output policy must be one of {EXISTING_POLICIES}")
     started = time.perf_counter()
@@ -205,23 +201,18 @@ def run(
     for message in discovery.notices:
         _record_notice(summary, reporter, message)
 
-    work = [group for group in discovery.groups if _pending(group, output_dir, existing)]
-    for group in discovery.groups:
-        if group not in work:
-            _finish_group(_skipped_group_report(group, output_dir, summary, reporter), 0.0, summary, reporter)
-
-    timings = {"weights_s": 0.0, "decode_s": 0.0, "compute_s": 0.0, "write_s": 0.0}
-    summary.timings = timings
-    if work:
+    summary.timings = {"weights_s": 0.0, "decode_s": 0.0, "compute_s": 0.0, "write_s": 0.0}
+    pending = [group for group in discovery.groups if _pending(group, output_dir, existing)]
+    method = None
+    if pending:  # weights are only needed (and fetched) when there is work
         tick = time.perf_counter()
-        weights = _resolve_roles(method_name, offline, download_progress)
-        method = method_class(weights, device, batch_size=batch_size)
-        timings["weights_s"] = time.perf_counter() - tick
-        try:
-            _run_groups(work, method, output_dir, existing, summary, reporter, torch)
-        except KeyboardInterrupt:
-            summary.interrupted = True
-    timings["total_s"] = time.perf_counter() - started
+        method = method_class(_resolve_roles(method_name, offline, download_progress), device, batch_size=batch_size)
+        summary.timings["weights_s"] = time.perf_counter() - tick
+    try:
+        _run_groups(discovery.groups, pending, method, output_dir, existing, summary, reporter)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    summary.timings["total_s"] = time.perf_counter() - started
     return summary
 
 
@@ -277,21 +268,32 @@ def _skipped_group_report(group: Group, output_dir: Path, summary: Summary, repo
     return report
 
 
-def _run_groups(work, method, output_dir, existing, summary, reporter, torch) -> None:
-    timings = summary.timings
-    size = method.input_size
-    # Decoding runs one group ahead in a worker thread (Pillow releases the GIL while decoding).
+def _run_groups(groups, pending, method, output_dir, existing, summary, reporter) -> None:
+    """Report every group in input order; decode the pending ones one group ahead of the network.
+
+    Decoding runs in a worker thread (Pillow releases the GIL while decoding), so the next group is
+    read while the current one is computed.
+    """
+    queue, pending_ids = iter(pending), {id(group) for group in pending}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cosal-decode") as pool:
-        upcoming: Future = pool.submit(_decode_group, work[0], size)
+
+        def decode_next() -> Future | None:
+            group = next(queue, None)
+            return pool.submit(_decode_group, group, method.input_size) if group is not None else None
+
+        upcoming = decode_next() if pending else None
         try:
-            for index, group in enumerate(work):
+            for group in groups:
+                if id(group) not in pending_ids:
+                    _finish_group(_skipped_group_report(group, output_dir, summary, reporter), 0.0, summary, reporter)
+                    continue
                 decoded = upcoming.result()
-                if index + 1 < len(work):
-                    upcoming = pool.submit(_decode_group, work[index + 1], size)
-                timings["decode_s"] += decoded.seconds
-                _process_group(group, decoded, method, output_dir, existing, summary, reporter, torch)
+                upcoming = decode_next()
+                summary.timings["decode_s"] += decoded.seconds
+                _process_group(group, decoded, method, output_dir, existing, summary, reporter)
         except BaseException:
-            upcoming.cancel()
+            if upcoming is not None:
+                upcoming.cancel()
             raise
 
 
@@ -318,7 +320,7 @@ def _decode_group(group: Group, size: int) -> _DecodedGroup:
     return _DecodedGroup(kept, sizes, stacked, problems, notes, time.perf_counter() - tick)
 
 
-def _process_group(group, decoded: _DecodedGroup, method, output_dir, existing, summary, reporter, torch) -> None:
+def _process_group(group, decoded: _DecodedGroup, method, output_dir, existing, summary, reporter) -> None:
     started = time.perf_counter()
     report = _new_report(group, output_dir, summary, reporter)
     for note in decoded.notes:
@@ -327,21 +329,18 @@ def _process_group(group, decoded: _DecodedGroup, method, output_dir, existing, 
         _fail(report, problem, summary, reporter)
     if decoded.pixels is not None:
         try:
-            maps = _predict(method, decoded.pixels, summary, torch)
+            maps = _predict(method, decoded.pixels, summary)
         except (RuntimeError, ValueError) as exc:  # out of memory, numerical trouble: this group only
             for image in decoded.images:
-                message = f"{method.name} failed on group {group.name}: {_first_line(exc)}"
+                message = f"{method.name} failed on group {group.name}: {first_line(exc)}"
                 _fail(report, Problem(image.path, message, group.name), summary, reporter)
         else:
-            _write_group(group, decoded, maps, method, output_dir, existing, report, summary, reporter, torch)
+            _write_group(group, decoded, maps, method, output_dir, existing, report, summary, reporter)
     _finish_group(report, started, summary, reporter)
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip() or type(exc).__name__).splitlines()[0]
 
-
-def _predict(method, pixels: np.ndarray, summary, torch):
+def _predict(method, pixels: np.ndarray, summary: Summary) -> torch.Tensor:
     tick = time.perf_counter()
     try:
         batch = torch.from_numpy(pixels).to(method.device).permute(0, 3, 1, 2).float().div_(255.0)
@@ -355,9 +354,7 @@ def _predict(method, pixels: np.ndarray, summary, torch):
     return maps
 
 
-def _write_group(group, decoded, maps, method, output_dir, existing, report, summary, reporter, torch) -> None:
-    import torch.nn.functional as F
-
+def _write_group(group, decoded, maps, method, output_dir, existing, report, summary, reporter) -> None:
     tick = time.perf_counter()
     for image, (width, height), low_res in zip(decoded.images, decoded.sizes, maps):
         destination = output_path(output_dir, group, image)

@@ -203,6 +203,16 @@ def test_existing_maps_need_skip_existing_or_overwrite(fake_method, tmp_path):
     assert cosal(*args, "--overwrite", "--skip-existing").exit_code == 2
 
 
+def test_groups_are_reported_in_input_order_when_some_are_skipped(fake_method, tmp_path):
+    for name in ("a", "b", "c"):
+        save(tmp_path / "set" / name / "1.png")
+    out = tmp_path / "out"
+    args = ["detect", str(tmp_path / "set"), "-m", "test-brightness", "-o", str(out), "--json", "--skip-existing"]
+    save(out / "b" / "1.png")  # b is already done
+    summary = json.loads(cosal(*args).stdout)
+    assert [(g["name"], g["written"], g["skipped"]) for g in summary["groups"]] == [("a", 1, 0), ("b", 0, 1), ("c", 1, 0)]
+
+
 def test_unknown_method_and_bad_device_are_usage_errors(fake_method, tmp_path):
     save(tmp_path / "g" / "1.png")
     assert cosal("detect", str(tmp_path / "g"), "-m", "no-such-method").exit_code == 2
