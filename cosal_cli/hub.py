@@ -398,7 +398,7 @@ class WeightHub:
     def artifact_path(self, component: Component) -> Path:
         source = component.source
         if isinstance(source, BundledSource) and source.converter == "identity":
-            return Path(__file__).resolve().parent / source.path
+            return _bundled_path(source)  # used in place, never copied
         return self.home / "weights" / f"{component.sha256}.safetensors"
 
     def is_cached(self, component: Component) -> bool:
@@ -430,30 +430,23 @@ class WeightHub:
     # -- the fetch / convert / verify flow ------------------------------------------------------
 
     def _ensure(self, component: Component, offline: bool, progress: ProgressCallback | None, repair: bool) -> Path:
-        target = self.artifact_path(component)
-        if target.is_file():
-            actual = sha256_file(target)
-            if actual == component.sha256:
-                return target
-            if isinstance(component.source, BundledSource) or not repair:
-                fix = (
-                    "reinstall cosal"
-                    if isinstance(component.source, BundledSource)
-                    else f"run `cosal weights pull {component.id}` to replace it"
-                )
-                raise ChecksumMismatch(
-                    f"cached weights {target} for {component.id} are corrupt (sha256 {actual}, "
-                    f"expected {component.sha256}); {fix}"
-                )
-            target.unlink()
+        status = self.verify(component)
+        if status.state == "ok":
+            return status.path
+        if status.state == "corrupt":
+            bundled = isinstance(component.source, BundledSource)
+            if bundled or not repair:
+                fix = "reinstall cosal" if bundled else f"run `cosal weights pull {component.id}` to replace it"
+                raise ChecksumMismatch(f"cached weights {status.path} for {component.id} are corrupt ({status.detail}); {fix}")
+            status.path.unlink()
         source_path = self._fetch_source(component, offline, progress)
-        self._convert(component, source_path, target)
-        return target
+        self._convert(component, source_path, status.path)
+        return status.path
 
     def _fetch_source(self, component: Component, offline: bool, progress: ProgressCallback | None) -> Path:
         source = component.source
         if isinstance(source, BundledSource):
-            path = Path(__file__).resolve().parent / source.path
+            path = _bundled_path(source)
             if not path.is_file():
                 raise WeightsUnavailable(f"bundled weights {path} for {component.id} are missing; reinstall cosal")
             return path
@@ -580,6 +573,10 @@ class WeightHub:
 # Helpers: downloads, wheels, conversion
 # ----------------------------------------------------------------------------------------------
 
+
+
+def _bundled_path(source: BundledSource) -> Path:
+    return Path(__file__).resolve().parent / source.path
 
 
 def _unlink_hf_entry(path: Path) -> None:
