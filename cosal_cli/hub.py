@@ -574,7 +574,6 @@ class WeightHub:
 # ----------------------------------------------------------------------------------------------
 
 
-
 def _bundled_path(source: BundledSource) -> Path:
     return Path(__file__).resolve().parent / source.path
 

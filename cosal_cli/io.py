@@ -308,7 +308,6 @@ def load_rgb(path: Path) -> DecodedImage:
     return DecodedImage(rgb, notes)
 
 
-
 def _check_supported(image: Image.Image) -> None:
     if image.format not in SUPPORTED_FORMATS:
         raise InputError(_unsupported_message(image.format or "unknown"))

@@ -339,7 +339,6 @@ def _process_group(group, decoded: _DecodedGroup, method, output_dir, existing, 
     _finish_group(report, started, summary, reporter)
 
 
-
 def _predict(method, pixels: np.ndarray, summary: Summary) -> torch.Tensor:
     tick = time.perf_counter()
     try:
