@@ -218,6 +218,182 @@ def _print_detect_summary(summary: Summary) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# bench
+# ----------------------------------------------------------------------------------------------
+
+BENCH_EPILOG = (
+    "Exit codes: 0 every mask scored, 1 some predictions or masks missing or unreadable (named on stderr "
+    "and in --json), 2 usage error or dataset not found, 3 weights unavailable, 4 weights checksum "
+    "mismatch, 130 interrupted."
+)
+
+
+@app.command(epilog=BENCH_EPILOG)
+@_handle_errors
+def bench(
+    dataset: Annotated[
+        list[str],
+        typer.Option("--dataset", "-d", help="icoseg, msrc, cosal2015, coca, cosod3k, any dataset folder name "
+                     "under --data-root, or a dataset folder (repeat for several).", show_default=False),
+    ],
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Folder holding the datasets.")] = None,
+    method: Annotated[
+        Optional[list[str]], typer.Option("--method", "-m", help="Run and score this method (repeatable).")
+    ] = None,
+    pred: Annotated[
+        Optional[list[Path]],
+        typer.Option("--pred", help="Score maps written by any tool: DIR/<group>/<stem>.png or "
+                     "DIR/<Dataset>/<group>/<stem>.png (repeatable; named after the folder)."),
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Methods' maps go to OUTPUT/<method>/<dataset>/.")] = Path(
+        "cosal-bench"
+    ),
+    protocol: Annotated[
+        str, typer.Option(help="Whose conventions: pysodmetrics or eval-co-sod (see the README).")
+    ] = "pysodmetrics",
+    group_average: Annotated[
+        bool, typer.Option("--group-average", help="Average within groups, then over groups (CoSOD3k toolbox).")
+    ] = False,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Reuse maps already in OUTPUT.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute maps already in OUTPUT.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
+    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network for weights.")] = False,
+    report: Annotated[
+        Optional[Path], typer.Option("--report", help="Write metrics.json, metrics.csv, per_group.csv, curves.png here.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors (and --json).")] = False,
+) -> None:
+    """Score methods, or maps from any tool, on co-saliency benchmarks."""
+    from cosal_cli import bench as benchmark
+    from cosal_cli import datasets, hub, methods, metrics
+
+    if skip_existing and overwrite:
+        raise UsageError("--skip-existing and --overwrite exclude each other")
+    if protocol not in metrics.PROTOCOLS:
+        raise UsageError(f"--protocol must be one of {', '.join(metrics.PROTOCOLS)}, not {protocol!r}")
+    method_names = list(method or ([] if pred else [methods.DEFAULT_METHOD]))
+    for name in method_names:
+        methods.card(name)  # unknown names fail before any file is read
+    for folder in pred or []:
+        if not folder.is_dir():
+            raise UsageError(f"--pred {folder}: no such folder")
+    found = _unique_datasets([datasets.locate(name, data_root, require_images=bool(method_names)) for name in dataset])
+    predictions = _prediction_names(pred or [], found, taken=method_names)
+
+    with _progress(quiet, 0) as progress:
+        result = benchmark.run(
+            found,
+            methods=method_names,
+            predictions=predictions,
+            output=output,
+            protocol=protocol,
+            group_average=group_average,
+            reporter=_BenchConsoleReporter(progress, quiet),
+            existing="skip" if skip_existing else "overwrite" if overwrite else "error",
+            device_spec=device,
+            batch_size=batch_size,
+            offline=hub.offline_mode(offline),
+            download_progress=_download_progress(progress) if progress else None,
+        )
+    if report is not None:
+        from cosal_cli.report import write_report
+
+        for path in write_report(result, report):
+            if not quiet:
+                stderr.print(f"wrote {_escape(str(path))}")
+    if json_output:
+        stdout.print_json(json.dumps(result.to_json()))
+    elif not quiet:
+        _print_bench_tables(result)
+    if not quiet:
+        _print_bench_warnings(result)
+    raise typer.Exit(int(result.exit_code))
+
+
+def _unique_datasets(found: list) -> list:
+    """Each dataset once, however often it was named (``-d coca -d CoCA``)."""
+    unique: dict[Path, Any] = {}
+    for dataset in found:
+        unique.setdefault(dataset.mask_root.resolve(), dataset)
+    return list(unique.values())
+
+
+def _prediction_names(folders: list[Path], found: list, taken: list[str]) -> list[tuple[str, Path]]:
+    """Name each --pred folder after itself (its parent when it is named after the dataset), uniquely."""
+    dataset_names = {dataset.name.casefold() for dataset in found}
+    used = set(taken)
+    named: list[tuple[str, Path]] = []
+    for folder in folders:
+        resolved = folder.resolve()
+        name = resolved.parent.name if resolved.name.casefold() in dataset_names else resolved.name
+        unique, counter = name, 2
+        while unique in used:
+            unique, counter = f"{name}~{counter}", counter + 1
+        used.add(unique)
+        named.append((unique, folder))
+    return named
+
+
+class _BenchConsoleReporter(_ConsoleReporter):
+    """The detect reporter, plus one progress stage per method run and per scoring pass."""
+
+    def stage(self, description: str, total: int) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.update(self.task, description=_escape(description), total=total, completed=0)
+        elif not self.quiet:
+            self.console.print(f"{_escape(description)} ({total} images)")
+
+    def group_done(self, report: GroupReport) -> None:
+        pass  # the stage line says enough in a benchmark
+
+
+def _print_bench_tables(result: Any) -> None:
+    from cosal_cli.report import TITLES
+
+    document = result.to_json()
+    averaging = "per group" if result.group_average else "per image"
+    # Piped output has no terminal width; a wide one keeps the table whole rather than truncated.
+    console = stdout if stdout.is_terminal else Console(highlight=False, width=200)
+    for dataset in document["datasets"]:
+        title = (f"{dataset['name']}: {_count(dataset['groups'], 'group')}, {_count(dataset['images'], 'mask')} "
+                 f"({document['protocol']} protocol, averaged {averaging})")  # fmt: skip
+        table = Table(title=_escape(title))
+        table.add_column("method", no_wrap=True)
+        table.add_column("scored", justify="right")
+        for title_text in TITLES.values():
+            table.add_column(title_text, justify="right")
+        for row in dataset["methods"]:
+            values = row["metrics"]
+            scored = f"{row['evaluated']}/{row['expected']}"
+            if row["evaluated"] < row["expected"]:
+                scored = f"[yellow]{scored}[/]"
+            cells = [f"{values[key]:.4f}" if key in values else "-" for key in TITLES]
+            table.add_row(_escape(row["name"]), scored, *cells)
+        console.print(table)
+
+
+def _print_bench_warnings(result: Any) -> None:
+    """After the tables (or the JSON): what makes the scores incomplete or not comparable."""
+    for dataset in result.to_json()["datasets"]:
+        check = dataset["validation"]
+        if check["checked"] and not check["ok"]:
+            stderr.print(f"[yellow]warning:[/] {_escape(check['message'])}")
+        for row in dataset["methods"]:
+            if row["missing"] or row["failed"]:
+                stderr.print(
+                    f"[yellow]warning:[/] {_escape(dataset['name'])} / {_escape(row['name'])}: "
+                    f"{_count(row['missing'], 'mask')} without a prediction, {_count(row['failed'], 'unreadable file')}"
+                    " (named above and in --json); the scores cover the rest"
+                )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+# ----------------------------------------------------------------------------------------------
 # methods
 # ----------------------------------------------------------------------------------------------
 

@@ -280,20 +280,50 @@ class DecodedImage:
 
 def load_rgb(path: Path) -> DecodedImage:
     """Decode ``path`` to an 8-bit RGB image in display orientation, or raise InputError."""
+    notes: list[str] = []
+    with _opened(path) as image:
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:
+            notes.append(f"{frames} frames, using the first")
+        image.load()
+        image = _apply_orientation(image, notes)
+        rgb = _to_rgb(image, notes)
+    return DecodedImage(rgb, notes)
+
+
+def load_grey(path: Path, decoder: str = "pillow") -> np.ndarray:
+    """Decode a mask or saliency map to an 8-bit grey (H, W) array, or raise InputError.
+
+    Evaluation toolboxes decode differently, and on colour or 16-bit files that moves the 4th
+    decimal, so the decoder is chosen to match the tool being reproduced: ``pillow`` is
+    ``Image.open(path).convert('L')`` (eval-co-sod; ITU-R 601 luma, no EXIF rotation) and
+    ``opencv`` is ``cv2.imread(path, cv2.IMREAD_GRAYSCALE)`` (PySODMetrics' scripts; its own luma
+    rounding, 16-bit data divided by 256, EXIF rotation applied).
+    """
+    with _opened(path) as image:  # the same checks and messages for both decoders
+        if decoder != "opencv":
+            image.load()
+            return np.asarray(image.convert("L"))
+    import cv2
+
+    # imdecode rather than imread: imread cannot open non-ASCII paths on Windows.
+    grey = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+    if grey is None:
+        raise InputError("OpenCV cannot decode it (corrupt, or a format it does not read); re-export as PNG")
+    return grey
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """Open a supported image; every way decoding can fail becomes one InputError naming the fix."""
     if path.stat().st_size == 0:
         raise InputError("empty file (0 bytes)")
-    notes: list[str] = []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 _check_supported(image)
-                frames = getattr(image, "n_frames", 1)
-                if frames > 1:
-                    notes.append(f"{frames} frames, using the first")
-                image.load()
-                image = _apply_orientation(image, notes)
-                rgb = _to_rgb(image, notes)
+                yield image
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
@@ -305,7 +335,6 @@ def load_rgb(path: Path) -> DecodedImage:
         raise InputError("not a readable image (corrupt, or not really JPEG/PNG/BMP/WebP/TIFF)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InputError(f"truncated or corrupt image data ({first_line(exc)}); re-export or re-copy the file") from None
-    return DecodedImage(rgb, notes)
 
 
 def _check_supported(image: Image.Image) -> None:

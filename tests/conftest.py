@@ -5,11 +5,18 @@ runs) and are skipped without it, unless COSAL_REQUIRE_WEIGHTS=1 (set by CI) tur
 from __future__ import annotations
 
 import os
+import sys
+import types
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
-from cosal_cli.hub import WeightHub, cache_home, load_manifest
+from cosal_cli import methods
+from cosal_cli.hub import WeightHub, cache_home, load_manifest, sha256_file
+from cosal_cli.methods import MethodCard
+from cosal_cli.methods.base import Method
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -54,3 +61,62 @@ def _skip_or_fail(message: str) -> None:
     if os.environ.get("COSAL_REQUIRE_WEIGHTS") == "1":
         pytest.fail(message)
     pytest.skip(message)
+
+
+# -- a test-only method (used by test_detect and test_bench) -------------------------------------
+
+FAKE_MODULE = "cosal_test_brightness_method"
+
+
+class BrightnessMethod(Method):
+    """Map = gain x mean channel value, at 32 x 32: trivially predictable, yet computed from the input."""
+
+    name = "test-brightness"
+    roles = ("backbone",)
+    input_size = 32
+
+    def __init__(self, weights, device, batch_size=8):
+        super().__init__(weights, device, batch_size)
+        from safetensors.torch import load_file
+
+        self.gain = load_file(str(weights["backbone"]))["gain"].to(device)
+
+    def predict_group(self, images):
+        return (images.mean(dim=1) * self.gain).clamp(0, 1)
+
+
+@pytest.fixture
+def fake_method(tmp_path, monkeypatch):
+    """Register test-brightness with its weights pre-seeded in a temporary COSAL_HOME."""
+    module = types.ModuleType(FAKE_MODULE)
+    module.Method = BrightnessMethod
+    monkeypatch.setitem(sys.modules, FAKE_MODULE, module)
+    monkeypatch.setitem(methods.CARDS, "test-brightness", MethodCard("test-brightness", "test", "test", FAKE_MODULE))
+
+    home = tmp_path / "home"
+    weights = tmp_path / "gain.safetensors"
+    save_file({"gain": torch.tensor(1.0)}, str(weights))
+    digest = sha256_file(weights)
+    (home / "weights").mkdir(parents=True)
+    (home / "weights" / f"{digest}.safetensors").write_bytes(weights.read_bytes())
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(
+        f"""schema: 1
+components:
+  test-gain:
+    description: a gain of one
+    licence: CC0
+    format: safetensors
+    size: {weights.stat().st_size}
+    sha256: {digest}
+    source:
+      hf: {{repo_id: cosal/test, filename: gain.safetensors, revision: "{'0' * 40}", sha256: {digest}}}
+methods:
+  test-brightness: {{backbone: test-gain}}
+"""
+    )
+    monkeypatch.setenv("COSAL_HOME", str(home))
+    monkeypatch.setenv("COSAL_MANIFEST", str(manifest))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("COSAL_OFFLINE", raising=False)
+    return home / "weights" / f"{digest}.safetensors"
