@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from cosal_cli import __version__, io, metrics
-from cosal_cli.datasets import Dataset, Item, files_by_stem
+from cosal_cli.datasets import Dataset, Item, files_by_stem, subfolders
 from cosal_cli.errors import ExitCode, first_line
 from cosal_cli.io import InputError, Problem
 
@@ -155,11 +155,7 @@ def _prediction_index(root: Path) -> dict[str, dict[str, Path]]:
     """Prediction files by casefolded group name, then casefolded stem."""
     if not root.is_dir():
         return {}
-    return {
-        folder.name.casefold(): files_by_stem(folder)
-        for folder in sorted(root.iterdir())
-        if folder.is_dir() and not folder.name.startswith(".")
-    }
+    return {key: files_by_stem(folder) for key, folder in subfolders(root).items()}
 
 
 # ----------------------------------------------------------------------------------------------

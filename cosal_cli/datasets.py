@@ -228,8 +228,8 @@ def _pair(dataset: Dataset, require_images: bool = True) -> None:
     reported and left out when a method must run on the images; scoring given predictions needs
     only the masks, so then they stay.
     """
-    image_groups = _subfolders(dataset.image_root) if dataset.image_root is not None else {}
-    for key, mask_dir in _subfolders(dataset.mask_root).items():
+    image_groups = subfolders(dataset.image_root) if dataset.image_root is not None else {}
+    for key, mask_dir in subfolders(dataset.mask_root).items():
         masks = files_by_stem(mask_dir)
         if not masks:
             continue
@@ -255,7 +255,7 @@ def _pair(dataset: Dataset, require_images: bool = True) -> None:
         dataset.problems.append(Problem(image_dir, f"image group without masks in {dataset.mask_root}", image_dir.name))
 
 
-def _subfolders(folder: Path) -> dict[str, Path]:
+def subfolders(folder: Path) -> dict[str, Path]:
     """Group folders by casefolded name (names may contain spaces; hidden folders are skipped)."""
     return {
         p.name.casefold(): p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")
