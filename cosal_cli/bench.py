@@ -10,7 +10,6 @@ prediction, and every unreadable file, is reported by name and counted.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -194,10 +193,13 @@ def evaluate(dataset: Dataset, pred_dir: Path, name: str, protocol: str, reporte
         else:
             pairs.append((item, prediction))
     if result.missing:
-        shown = ", ".join(result.missing[:5]) + (f" and {len(result.missing) - 5} more" if len(result.missing) > 5 else "")
-        reporter.notice(f"{name}: {len(result.missing)} of {len(dataset.items)} masks have no prediction in {root}: {shown}")
+        reporter.notice(
+            f"{name}: {len(result.missing)} of {len(dataset.items)} masks have no prediction in {root}: "
+            f"{io.abbreviate(result.missing)}"
+        )
         reporter.advance(len(result.missing))
-    for scored in _score_all(pairs, protocol):
+    # One pair at a time: scoring in threads gave no speed-up (the metrics hold the GIL).
+    for scored in (_score_one(item, path, protocol) for item, path in pairs):
         if scored.problem is not None:
             result.failures.append(scored.problem)
             reporter.problem(scored.problem)
@@ -209,12 +211,6 @@ def evaluate(dataset: Dataset, pred_dir: Path, name: str, protocol: str, reporte
         reporter.notice(f"{name}: {result.resized} prediction(s) differ in size from their mask and were resized to it")
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _score_all(pairs: list[tuple[Item, Path]], protocol: str) -> Iterator[_Scored]:
-    """Decode and score one pair at a time (threads gave no speed-up: the metrics hold the GIL)."""
-    for item, path in pairs:
-        yield _score_one(item, path, protocol)
 
 
 def _score_one(item: Item, prediction: Path, protocol: str) -> _Scored:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cosal_cli.errors import UsageError
-from cosal_cli.io import IMAGE_SUFFIXES, Problem
+from cosal_cli.io import IMAGE_SUFFIXES, Problem, abbreviate
 
 #: Folder names that hold images or masks, as spelled by the tools in the field (compared casefolded).
 IMAGE_DIRS = ("image", "images", "img", "imgs")
@@ -207,8 +207,7 @@ def _not_found_message(name, data_root, info, tried, require_images) -> str:
         lines.append("Looked at: " + "; ".join(dict.fromkeys(tried)) + ".")
     if where.is_dir():
         entries = sorted(p.name + ("/" if p.is_dir() else "") for p in where.iterdir() if not p.name.startswith("."))
-        shown = ", ".join(entries[:12]) + (f" and {len(entries) - 12} more" if len(entries) > 12 else "")
-        lines.append(f"Found in {where}: {shown or 'nothing'}.")
+        lines.append(f"Found in {where}: {abbreviate(entries, 12) or 'nothing'}.")
     if info is not None:
         lines.append(f"{info.name} ({info.groups} groups, {info.images} images) is published at {info.source}.")
     elif data_root is not None:

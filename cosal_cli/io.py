@@ -199,9 +199,16 @@ def _scan_group(folder: Path) -> Group:
     group.images, collisions = assign_output_names(images)
     group.notices = [f"{group.name}: {text}" for text in collisions]
     if skipped:
-        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
-        group.notices.append(f"{group.name}: skipped {len(skipped)} hidden, non-image or folder entries: {shown}")
+        group.notices.append(
+            f"{group.name}: skipped {len(skipped)} hidden, non-image or folder entries: {abbreviate(skipped)}"
+        )
     return group
+
+
+def abbreviate(names: list[str], limit: int = 5) -> str:
+    """``a, b, c and 7 more``: the first ``limit`` names of a list for a one-line message."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _unsupported_message(kind: str) -> str:

@@ -470,11 +470,17 @@ class _Sums:
     curves: dict[str, np.ndarray] = field(default_factory=dict)
 
     def add(self, scores: ImageScores) -> None:
-        self.count += 1
+        self._accumulate(1, scores.scalars, scores.curves)
+
+    def merge(self, other: _Sums) -> None:
+        self._accumulate(other.count, other.scalars, other.curves)
+
+    def _accumulate(self, count: int, scalars: dict[str, float], curves: dict[str, np.ndarray]) -> None:
+        self.count += count
         for name in SCALARS:
-            self.scalars[name] += scores.scalars[name]
+            self.scalars[name] += scalars[name]
         for name in CURVES:
-            curve = scores.curves[name]
+            curve = curves[name]
             self.curves[name] = self.curves[name] + curve if name in self.curves else curve.astype(np.float64)
 
     def means(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
@@ -516,11 +522,7 @@ class MetricAccumulator:
         if not group_average:
             total = _Sums()
             for sums in groups:
-                total.count += sums.count
-                for name in SCALARS:
-                    total.scalars[name] += sums.scalars[name]
-                for name in CURVES:
-                    total.curves[name] = total.curves.get(name, 0) + sums.curves[name]
+                total.merge(sums)
             return total.means()
         means = [sums.means() for sums in groups]
         scalars = {name: float(np.mean([m[0][name] for m in means])) for name in SCALARS}
