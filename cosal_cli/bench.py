@@ -94,6 +94,7 @@ class BenchResult:
             "name": dataset.name,
             "root": str(dataset.root),
             "layout": dataset.layout,
+            "subset": dataset.subset,
             "groups": len(dataset.groups),
             "images": len(dataset.items),
             "validation": dataset.validation(),
@@ -283,6 +284,10 @@ def _detect(dataset, method, output, existing, device_spec, batch_size, offline,
 
     groups = [group.image_dir for group in dataset.groups if group.image_dir is not None]
     discovery = io.discover(groups)
+    if dataset.subset is not None:  # run on the selected images only: they form the groups
+        selected = {item.image.resolve() for item in dataset.items if item.image is not None}
+        for group in discovery.groups:
+            group.images = [image for image in group.images if image.path.resolve() in selected]
     total = sum(len(group.images) + len(group.problems) for group in discovery.groups)
     reporter.stage(f"{dataset.name}: running {method}", total)
     summary = pipeline.run(

@@ -175,17 +175,21 @@ class _ConsoleReporter:
 
 
 @contextmanager
-def _progress(quiet: bool, total: int) -> Iterator[Progress | None]:
-    """A rich progress bar on stderr when it is a terminal (and not --quiet); None otherwise."""
+def _progress(quiet: bool, total: int | None, fields: tuple[str, ...] = ()) -> Iterator[Progress | None]:
+    """A rich progress bar on stderr when it is a terminal (and not --quiet); None otherwise.
+
+    ``total`` adds a first "images" task; ``fields`` are extra columns such as ``"loss {task.fields[loss]}"``.
+    """
     if quiet or not stderr.is_terminal:
         yield None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), *fields,
                TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
     with Progress(*columns, console=stderr) as progress:
-        progress.add_task("images", total=total)
+        if total is not None:
+            progress.add_task("images", total=total)
         yield progress
 
 
@@ -237,6 +241,9 @@ def bench(
                      "under --data-root, or a dataset folder (repeat for several).", show_default=False),
     ],
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Folder holding the datasets.")] = None,
+    split: Annotated[
+        Optional[Path], typer.Option("--split", help="Use only the held-out part of this split (training/splits/).")
+    ] = None,
     method: Annotated[
         Optional[list[str]], typer.Option("--method", "-m", help="Run and score this method (repeatable).")
     ] = None,
@@ -280,6 +287,11 @@ def bench(
         if not folder.is_dir():
             raise UsageError(f"--pred {folder}: no such folder")
     found = _unique_datasets([datasets.locate(name, data_root, require_images=bool(method_names)) for name in dataset])
+    if split is not None:
+        from cosal_cli.splits import held_out_part, load_split
+
+        chosen = load_split(split)
+        found = [held_out_part(found_dataset, chosen) for found_dataset in found]
     predictions = _prediction_names(pred or [], found, taken=method_names)
 
     with _progress(quiet, 0) as progress:
@@ -398,6 +410,134 @@ def _count(number: int, noun: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+TRAIN_EPILOG = (
+    "Exit codes: 0 trained, 2 usage error (bad data, split or options; a checkpoint from an earlier run "
+    "without --resume), 3 weights unavailable, 4 weights checksum mismatch, 130 interrupted (the checkpoint "
+    "is saved: rerun with --resume)."
+)
+
+
+TRAIN_COLUMNS = ("loss {task.fields[loss]:.4f}", "{task.fields[speed]:.1f} img/s")
+
+
+@app.command(epilog=TRAIN_EPILOG)
+@_handle_errors
+def train(
+    method: Annotated[str, typer.Option("--method", "-m", help="The method whose head to train.", show_default=False)],
+    data: Annotated[
+        list[Path],
+        typer.Option("--data", help="A dataset folder in the Image/<group> + GroundTruth/<group> layout "
+                     "(repeatable).", show_default=False),
+    ],
+    split: Annotated[
+        Path, typer.Option("--split", help="Split file naming the held-out part (training/splits/).", show_default=False)
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The head to write (.safetensors).", show_default=False)
+    ],
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training images.")] = 4,
+    lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate (cosine-decayed to 1 %).")] = 1e-3,
+    size: Annotated[int, typer.Option(min=32, help="Side of the square training crops.")] = 192,
+    min_group: Annotated[int, typer.Option(min=1, help="Fewest images of one group in a batch.")] = 2,
+    max_group: Annotated[int, typer.Option(min=1, help="Most images of one group in a batch.")] = 6,
+    composite_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Fraction of images given a pasted object of another group.")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the head's initialisation and of every batch.")] = 0,
+    val_limit: Annotated[int, typer.Option(min=0, help="Held-out images per group validated each epoch (0: all).")] = 24,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Batches between checkpoints.")] = 50,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT's checkpoint.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (CUDA trains in bf16 autocast).")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch.")] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network for weights.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the kept head's metadata as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors (and --json).")] = False,
+) -> None:
+    """Train a method's head on datasets, validating on a split's held-out part after every epoch."""
+    from cosal_cli import hub, methods
+    from cosal_cli.splits import load_split
+    from cosal_cli.training.sampler import SamplerSettings
+    from cosal_cli.training.trainer import TrainSettings
+    from cosal_cli.training.trainer import train as run_training
+
+    methods.card(method)
+    if output.suffix != ".safetensors":
+        raise UsageError(f"--output {output}: heads are written as .safetensors files")
+    try:
+        sampler = SamplerSettings(size=size, min_group=min_group, max_group=max_group,
+                                  composite_fraction=composite_fraction, seed=seed)  # fmt: skip
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    settings = TrainSettings(
+        method=method, data=list(data), split=load_split(split), output=output, epochs=epochs, lr=lr,
+        sampler=sampler, val_limit=val_limit, checkpoint_every=checkpoint_every, device=device, resume=resume,
+        offline=hub.offline_mode(offline),
+    )  # fmt: skip
+    with _progress(quiet, None, TRAIN_COLUMNS) as progress:
+        metadata = run_training(settings, _TrainConsoleReporter(progress, quiet))
+    if json_output:
+        stdout.print_json(json.dumps(metadata))
+    elif not quiet:
+        kept = metadata["validation"]["kept"]
+        stdout.print(
+            f"wrote {_escape(str(output))}: epoch {kept['epoch']} of {metadata['training']['epochs_run']}, held-out "
+            f"S {kept['sm']:.3f}, max F {kept['max_fm']:.3f}, mean E {kept['mean_em']:.3f}, MAE {kept['mae']:.3f}"
+        )
+
+
+class _TrainConsoleReporter:
+    """A progress bar per epoch with the running loss and images/s; plain lines when not a terminal."""
+
+    LOG_EVERY = 50  # batches between plain progress lines
+
+    def __init__(self, progress: Progress | None, quiet: bool):
+        import time
+
+        self.progress, self.quiet, self.clock = progress, quiet, time.perf_counter
+        self.console = progress.console if progress else stderr
+        self.task: Any = None
+        self.epoch = self.batch = self.batches = 0
+        self.loss: float | None = None
+        self.images, self.started = 0, self.clock()
+
+    def notice(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(f"[dim]note:[/] {_escape(message)}")
+
+    def epoch_start(self, epoch: int, epochs: int, batches: int, done: int) -> None:
+        self.epoch, self.batch, self.batches = epoch, done, batches
+        self.images, self.started = 0, self.clock()
+        if self.progress is not None:
+            self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=batches, completed=done,
+                                               loss=0.0, speed=0.0)  # fmt: skip
+
+    def step(self, images: int, loss: float) -> None:
+        self.batch += 1
+        self.images += images
+        self.loss = loss if self.loss is None else 0.95 * self.loss + 0.05 * loss  # smoothed for display
+        speed = self.images / max(self.clock() - self.started, 1e-9)
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1, loss=self.loss, speed=speed)
+        elif not self.quiet and self.batch % self.LOG_EVERY == 0:
+            self.console.print(f"epoch {self.epoch} batch {self.batch}/{self.batches}: loss {self.loss:.4f}, "
+                               f"{speed:.1f} img/s")  # fmt: skip
+
+    def validation_start(self, images: int) -> None:
+        if not self.quiet:
+            self.console.print(f"epoch {self.epoch}: validating on {images} held-out images")
+
+    def validated(self, epoch: int, scores: dict[str, float], kept: bool) -> None:
+        if not self.quiet:
+            self.console.print(
+                f"epoch {epoch}: held-out S {scores['sm']:.4f}, max F {scores['max_fm']:.4f}, "
+                f"mean E {scores['mean_em']:.4f}, MAE {scores['mae']:.4f}" + (" [green](kept)[/]" if kept else "")
+            )
+
+
 @app.command("methods")
 @_handle_errors
 def list_methods(json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
@@ -420,6 +560,7 @@ def list_methods(json_output: Annotated[bool, typer.Option("--json", help="Machi
                     for role, cid in roles.items()
                 },
                 "sism": card.sism,
+                "sism_generator": card.sism_generator,
                 "refiners": list(card.refiners),
             }
         )
@@ -435,7 +576,8 @@ def list_methods(json_output: Annotated[bool, typer.Option("--json", help="Machi
             for role, item in row["weights"].items()
         )
         name = row["name"] + (" (default)" if row["default"] else "")
-        table.add_row(name, f"{row['paper']}\n[dim]{row['summary']}[/]", weights, row["sism"] or "-",
+        sism = row["sism"] or ("generates SISMs" if row["sism_generator"] else "-")
+        table.add_row(name, f"{row['paper']}\n[dim]{row['summary']}[/]", weights or "none (training-free)", sism,
                       ", ".join(row["refiners"]) or "-")  # fmt: skip
     stdout.print(table)
 

@@ -87,6 +87,7 @@ class Dataset:
     info: DatasetInfo | None
     groups: list[DatasetGroup] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)  # images without masks, masks without images
+    subset: str | None = None  # set when only part of the dataset is used (a split's held-out part)
 
     @property
     def items(self) -> list[Item]:

@@ -213,8 +213,10 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
 
     methods: dict[str, dict[str, str]] = {}
     for method, roles in raw_methods.items():
-        if not isinstance(roles, dict) or not roles:
-            raise ManifestError(f"{path}: method {method!r} must map roles to component ids")
+        if roles is None:
+            roles = {}  # a training-free method that needs no weights (`gmr: {}` or `gmr:`)
+        if not isinstance(roles, dict):
+            raise ManifestError(f"{path}: method {method!r} must map roles to component ids ({{}} for none)")
         for role, cid in roles.items():
             if not isinstance(cid, str):
                 raise ManifestError(f"{path}: method {method!r} role {role!r} must name one component id")

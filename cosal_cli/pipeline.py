@@ -161,7 +161,7 @@ def check_existing(discovery: Discovery, output_dir: Path, policy: str) -> None:
 
 
 @dataclass
-class _DecodedGroup:
+class DecodedGroup:
     """One group ready for the network: kept images and their network-size pixels."""
 
     images: list[ImageFile]
@@ -192,7 +192,7 @@ def run(
     if existing not in EXISTING_POLICIES:
         raise UsageError(f"existing-output policy must be one of {EXISTING_POLICIES}")
     started = time.perf_counter()
-    method_class = methods.method_class(method_name)
+    methods.card(method_name)  # an unknown name fails before any file is touched
     device = resolve_device(device_spec)
     check_existing(discovery, output_dir, existing)
     summary = Summary(method=method_name, device=str(device), output=str(output_dir))
@@ -206,7 +206,7 @@ def run(
     method = None
     if pending:  # weights are only needed (and fetched) when there is work
         tick = time.perf_counter()
-        method = method_class(_resolve_roles(method_name, offline, download_progress), device, batch_size=batch_size)
+        method = load_method(method_name, device, batch_size, offline, download_progress)
         summary.timings["weights_s"] = time.perf_counter() - tick
     try:
         _run_groups(discovery.groups, pending, method, output_dir, existing, summary, reporter)
@@ -214,6 +214,17 @@ def run(
         summary.interrupted = True
     summary.timings["total_s"] = time.perf_counter() - started
     return summary
+
+
+def load_method(
+    name: str,
+    device: torch.device,
+    batch_size: int = 8,
+    offline: bool = False,
+    progress: ProgressCallback | None = None,
+) -> methods.base.Method:
+    """A ready method with its verified weights; also how a method gets its SISM generator."""
+    return methods.method_class(name)(_resolve_roles(name, offline, progress), device, batch_size=batch_size)
 
 
 def _resolve_roles(method_name: str, offline: bool, progress: ProgressCallback | None) -> dict[str, Path]:
@@ -279,7 +290,7 @@ def _run_groups(groups, pending, method, output_dir, existing, summary, reporter
 
         def decode_next() -> Future | None:
             group = next(queue, None)
-            return pool.submit(_decode_group, group, method.input_size) if group is not None else None
+            return pool.submit(decode_group, group, method.input_size) if group is not None else None
 
         upcoming = decode_next() if pending else None
         try:
@@ -297,7 +308,7 @@ def _run_groups(groups, pending, method, output_dir, existing, summary, reporter
             raise
 
 
-def _decode_group(group: Group, size: int) -> _DecodedGroup:
+def decode_group(group: Group, size: int) -> DecodedGroup:
     from PIL import Image
 
     tick = time.perf_counter()
@@ -317,10 +328,10 @@ def _decode_group(group: Group, size: int) -> _DecodedGroup:
         # Square resize with Pillow's bilinear filter, as the GICD / ICNet reference test scripts do.
         pixels.append(np.asarray(decoded.rgb.resize((size, size), Image.BILINEAR)))
     stacked = np.stack(pixels) if pixels else None
-    return _DecodedGroup(kept, sizes, stacked, problems, notes, time.perf_counter() - tick)
+    return DecodedGroup(kept, sizes, stacked, problems, notes, time.perf_counter() - tick)
 
 
-def _process_group(group, decoded: _DecodedGroup, method, output_dir, existing, summary, reporter) -> None:
+def _process_group(group, decoded: DecodedGroup, method, output_dir, existing, summary, reporter) -> None:
     started = time.perf_counter()
     report = _new_report(group, output_dir, summary, reporter)
     for note in decoded.notes:
@@ -362,10 +373,7 @@ def _write_group(group, decoded, maps, method, output_dir, existing, report, sum
             report.skipped += 1
             report.outputs.append({**entry, "status": "skipped"})
             continue
-        full = F.interpolate(
-            low_res[None, None], size=(height, width), mode=method.output_interpolation, align_corners=False
-        )[0, 0]
-        values = full.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).numpy()
+        values = to_image_size(low_res, (width, height), method.output_interpolation)
         try:
             write_map(values, destination)
         except OSError as exc:
@@ -375,6 +383,13 @@ def _write_group(group, decoded, maps, method, output_dir, existing, report, sum
         report.written += 1
         report.outputs.append({**entry, "status": "written"})
     summary.timings["write_s"] += time.perf_counter() - tick
+
+
+def to_image_size(low_res: torch.Tensor, size: tuple[int, int], interpolation: str) -> np.ndarray:
+    """A method's (h, w) map in [0, 1] as the (H, W) uint8 map of an image of ``size`` = (W, H)."""
+    width, height = size
+    full = F.interpolate(low_res[None, None], size=(height, width), mode=interpolation, align_corners=False)[0, 0]
+    return full.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).numpy()
 
 
 def _record_problem(summary: Summary, reporter: Reporter, problem: Problem) -> None:

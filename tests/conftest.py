@@ -9,8 +9,10 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from cosal_cli import methods
@@ -120,3 +122,32 @@ methods:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("COSAL_OFFLINE", raising=False)
     return home / "weights" / f"{digest}.safetensors"
+
+
+# -- scoring maps written for the committed examples -------------------------------------------------
+
+
+def auc(scores: np.ndarray, mask: np.ndarray) -> float:
+    """Area under the ROC curve of per-pixel scores against a boolean mask (ties count half)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores.ravel())
+    n_pos, n_neg = mask.sum(), (~mask).sum()
+    return float((ranks[mask.ravel()].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def example_map_scores(maps: Path) -> dict[str, tuple[float, float]]:
+    """``{mask name: (mean map inside / mean outside, AUC)}`` for maps written to ``maps/<group>/``.
+
+    Each map must be an 8-bit grey PNG of its image's size. An inverted map scores a ratio below 1 and
+    AUC 1 - a; a constant one a ratio of 1 and AUC 0.5.
+    """
+    scores = {}
+    for mask_path in sorted((EXAMPLES / "GroundTruth").glob("*/*.png")):
+        mask = np.asarray(Image.open(mask_path).convert("L")) > 127
+        with Image.open(maps / mask_path.parent.name / mask_path.name) as written:
+            assert written.mode == "L"
+            prediction = np.asarray(written).astype(float)
+        assert prediction.shape == mask.shape, mask_path.name
+        scores[mask_path.name] = (prediction[mask].mean() / max(prediction[~mask].mean(), 1e-9), auc(prediction, mask))
+    return scores

@@ -632,3 +632,60 @@ def test_skip_existing_and_overwrite_exclude_each_other(fake_method, tmp_path):
                    "-o", tmp_path / "out", "--skip-existing", "--overwrite")  # fmt: skip
     assert result.exit_code == 2 and "exclude each other" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# -- --split: the held-out part only ---------------------------------------------------------------
+
+
+def write_split(path: Path, body: str) -> Path:
+    path.write_text("schema: 1\nname: toy-split\ndatasets:\n  toy:\n" + body)
+    return path
+
+
+def test_split_scores_and_runs_only_the_held_out_images(fake_method, tmp_path):
+    from cosal_cli.splits import hash_fraction
+
+    entries = make_dataset(tmp_path / "data", "canonical", {"a": 2, "b": 3, "c": 12})
+    split = write_split(tmp_path / "split.yaml", "    held_out_groups: [b]\n    held_out_fraction: {c: 0.5}\n")
+    chosen = [e for e in entries if e.group == "b" or (e.group == "c" and hash_fraction(f"c/{e.stem}") < 0.5)]
+    assert 3 < len(chosen) < 15
+    out = tmp_path / "out"
+    document = bench_json("--method", "test-brightness", "--data-root", tmp_path / "data", "-d", "Toy",
+                          "--split", split, "--output", out, "--device", "cpu")  # fmt: skip
+    [dataset] = document["datasets"]
+    assert dataset["name"] == "Toy@toy-split" and "toy-split" in dataset["subset"]
+    assert (dataset["groups"], dataset["images"]) == (2, len(chosen))
+    method = only_method(document)
+    assert method["evaluated"] == len(chosen) and method["detect"]["counts"]["images"] == len(chosen)
+    # Maps of a held-out part live apart from full-dataset maps (a group's maps depend on its images).
+    maps = {f"{e.group}/{e.stem}": out / "test-brightness" / "Toy@toy-split" / e.group / f"{e.stem}.png"
+            for e in chosen}  # fmt: skip
+    assert sorted(out.rglob("*.png")) == sorted(maps.values())
+    assert_same_numbers(method["metrics"], reference_for(chosen, maps))
+
+
+def test_split_with_a_held_out_fraction_scores_predictions_of_that_part(tmp_path):
+    from cosal_cli.splits import hash_fraction
+
+    entries = make_dataset(tmp_path / "data", "canonical", {"a": 12})
+    predictions = write_predictions(tmp_path / "pred", entries)
+    split = write_split(tmp_path / "split.yaml", "    held_out_fraction: {a: 0.5}\n")
+    chosen = [e for e in entries if hash_fraction(f"a/{e.stem}") < 0.5]
+    assert 0 < len(chosen) < len(entries)
+    method = only_method(bench_json("--pred", tmp_path / "pred", "--data-root", tmp_path / "data", "-d", "Toy",
+                                    "--split", split))  # fmt: skip
+    assert method["evaluated"] == len(chosen)
+    assert_same_numbers(method["metrics"], reference_for(chosen, {f"a/{e.stem}": predictions[f"a/{e.stem}"]
+                                                                  for e in chosen}))  # fmt: skip
+
+
+def test_split_naming_an_unknown_group_or_not_the_dataset_is_a_usage_error(tmp_path):
+    make_dataset(tmp_path / "data", "canonical", {"a": 2})
+    write_predictions(tmp_path / "pred", make_dataset(tmp_path / "data", "canonical", {"a": 2}))
+    typo = write_split(tmp_path / "typo.yaml", "    held_out_groups: [aa]\n")
+    result = cosal("bench", "--pred", tmp_path / "pred", "--data-root", tmp_path / "data", "-d", "Toy", "--split", typo)
+    assert result.exit_code == 2 and "aa" in result.stderr and "typo.yaml" in result.stderr
+    other = tmp_path / "other.yaml"
+    other.write_text("schema: 1\nname: other\ndatasets:\n  elsewhere:\n    held_out_groups: [a]\n")
+    result = cosal("bench", "--pred", tmp_path / "pred", "--data-root", tmp_path / "data", "-d", "Toy", "--split", other)
+    assert result.exit_code == 2 and "says nothing about dataset 'Toy'" in result.stderr

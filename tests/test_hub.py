@@ -246,6 +246,10 @@ def test_shipped_manifest_pins_every_component():
     for component in manifest.components.values():
         assert re.fullmatch(r"[0-9a-f]{64}", component.sha256), component.id
         assert component.size > 0, component.id
+        if component.source.kind == "bundled":  # pinned by the component's own sha256: check the shipped file
+            shipped = SHIPPED_MANIFEST.parent / "cosal_cli" / component.source.path
+            assert shipped.stat().st_size == component.size and sha256_file(shipped) == component.sha256, component.id
+            continue
         assert re.fullmatch(r"[0-9a-f]{64}", component.source.sha256), component.id
         if component.source.kind == "pypi":
             assert re.fullmatch(r"[0-9a-f]{64}", component.source.member_sha256), component.id
@@ -313,6 +317,7 @@ INVALID_MANIFESTS = {
     "unknown-converter": (lambda d: _pypi(d).update(converter="pickle-anything"), "unknown converter"),
     "role-unknown-component": (lambda d: d["methods"]["some-method"].update(head="no-such"), "no-such"),
     "missing-schema": (lambda d: d.pop("schema"), "schema: 1"),
+    "roles-not-a-mapping": (lambda d: d["methods"].update(other=["from-pypi"]), "must map roles"),
     "two-sources": (lambda d: d["components"]["bundled-head"]["source"].update(hf=_hf(d)), "exactly one"),
 }
 
@@ -321,6 +326,15 @@ def test_valid_manifest_parses_with_loopback_http_endpoint():
     manifest = parse_manifest(valid_manifest_data(), Path("m.yaml"))
     assert set(manifest.components) == {"from-hf", "from-pypi", "bundled-head"}
     assert manifest.components["from-hf"].source.endpoint == "http://127.0.0.1:8080"
+
+
+@pytest.mark.parametrize("roles", [{}, None])
+def test_a_training_free_method_may_need_no_weights(roles):
+    data = valid_manifest_data()
+    data["methods"]["free"] = roles  # `free: {}` or a bare `free:` in YAML
+    manifest = parse_manifest(data, Path("m.yaml"))
+    assert manifest.roles("free") == {}
+    assert manifest.expand(["free"]) == []
 
 
 @pytest.mark.parametrize("case", list(INVALID_MANIFESTS), ids=list(INVALID_MANIFESTS))

@@ -29,6 +29,8 @@ class MethodCard:
     module: str  # dotted path of the module holding a class named ``Method``
     sism: str | None = None  # the single-image saliency generator it consumes, if any
     refiners: tuple[str, ...] = ()
+    #: A single-image saliency method that other methods can use as their SISM generator.
+    sism_generator: bool = False
 
 
 CARDS: dict[str, MethodCard] = {
@@ -42,6 +44,22 @@ CARDS: dict[str, MethodCard] = {
             module="cosal_cli.methods.csmg_mask",
             refiners=("admm",),
         ),
+        MethodCard(
+            name="sod",
+            paper="cosal's single-image baseline: frozen VGG-16 (relu1_2 ... relu5_3) with a light top-down "
+            "decoder, trained with `cosal train` (see training/splits/)",
+            summary="single-image salient object detection, no group context; the default SISM generator",
+            module="cosal_cli.methods.sod",
+            sism_generator=True,
+        ),
+        MethodCard(
+            name="gmr",
+            paper="Yang, Zhang, Lu, Ruan, Yang. Saliency Detection via Graph-Based Manifold Ranking. CVPR 2013",
+            summary="training-free single-image saliency: SLIC superpixels ranked from the image boundary, two stages",
+            module="cosal_cli.methods.gmr",
+            refiners=("manifold-ranking",),
+            sism_generator=True,
+        ),
     )
 }
 
@@ -53,6 +71,11 @@ def card(name: str) -> MethodCard:
         return CARDS[name]
     except KeyError:
         raise UsageError(f"unknown method {name!r}; available: {', '.join(CARDS)} (see `cosal methods`)") from None
+
+
+def sism_generators() -> list[str]:
+    """Methods that can supply the single-image saliency maps (SISMs) other methods consume."""
+    return [name for name, entry in CARDS.items() if entry.sism_generator]
 
 
 def method_class(name: str) -> type[Method]:

@@ -37,3 +37,39 @@ class Method(ABC):
         The whole group comes in one call because the result of every co-saliency method depends on
         the other images of the group; a method bounds its own memory with ``self.batch_size``.
         """
+
+
+class TrainableMethod(Method):
+    """A method with a head that ``cosal train`` learns on top of a frozen, shared backbone.
+
+    The network a subclass builds has a ``head`` sub-module (the only part saved, see
+    :mod:`cosal_cli.models.heads`), a ``config`` dict, and a ``forward`` taking one sub-group of
+    images (k, 3, S, S) in [0, 1] to a list of logit maps (k, 1, S, S), the final output first and
+    deep-supervision outputs after it.
+    """
+
+    roles = ("backbone", "head")
+    #: Loss of the method's paper (:data:`cosal_cli.training.losses.LOSSES`).
+    loss: ClassVar[str] = "soft-iou"
+
+    def __init__(self, weights: Mapping[str, Path], device: torch.device, batch_size: int = 8):
+        from cosal_cli.models.heads import load_head
+
+        super().__init__(weights, device, batch_size)
+        head = load_head(weights["head"], self.name)
+        network = self.build_network(weights["backbone"], head.config)
+        network.head.load_state_dict(head.tensors, strict=True)
+        self.network = network.to(device).eval()
+
+    @classmethod
+    def from_network(cls, network: torch.nn.Module, device: torch.device, batch_size: int = 8) -> TrainableMethod:
+        """The method around a network being trained (for validation), without reading any file."""
+        method = cls.__new__(cls)
+        Method.__init__(method, {}, device, batch_size)
+        method.network = network
+        return method
+
+    @classmethod
+    @abstractmethod
+    def build_network(cls, backbone: Path, config: Mapping | None = None) -> torch.nn.Module:
+        """The network with the backbone weights loaded and a freshly initialised head."""

@@ -1,0 +1,73 @@
+"""Trained heads: small safetensors files that carry what is needed to rebuild and trust them.
+
+Only the trainable part of a method is saved (its backbone is a shared hub component). The
+safetensors header holds string metadata; each entry here is JSON:
+
+* ``format``: ``cosal-head/1``;
+* ``method`` and ``config``: which network to build, with which hyper-parameters;
+* ``backbone``: ``{"component": id, "sha256": ...}``, the frozen weights it was trained on top of;
+* ``training``: data, split, epochs, seed, device, seconds, command line;
+* ``validation``: held-out metrics of this head, per epoch and for the one kept;
+* ``cosal_version``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cosal_cli.io import atomic_output
+
+HEAD_FORMAT = "cosal-head/1"
+
+
+@dataclass
+class Head:
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, Any]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.metadata.get("config", {})
+
+
+def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> None:
+    """Write tensors with JSON metadata atomically (a crash never leaves a half-written file)."""
+    from safetensors.torch import save_file
+
+    plain = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
+    header = {key: json.dumps(value, sort_keys=True) for key, value in metadata.items()}
+    with atomic_output(path) as temporary:
+        save_file(plain, str(temporary), metadata=header)
+
+
+def load_tensors(path: Path, device: str | torch.device = "cpu") -> Head:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device=str(device)) as handle:
+        header = handle.metadata() or {}
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    try:
+        metadata = {key: json.loads(value) for key, value in header.items()}
+    except json.JSONDecodeError:
+        raise ValueError(f"{path}: metadata is not cosal's (JSON values expected)") from None
+    return Head(tensors, metadata)
+
+
+def save_head(path: Path, state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> None:
+    save_tensors(path, state, {"format": HEAD_FORMAT, **metadata})
+
+
+def load_head(path: Path, method: str, device: str | torch.device = "cpu") -> Head:
+    """A head for ``method``; refuses files of another format or made for another method."""
+    head = load_tensors(path, device)
+    if head.metadata.get("format") != HEAD_FORMAT:
+        raise ValueError(f"{path} is not a cosal head (format {head.metadata.get('format')!r}, expected {HEAD_FORMAT})")
+    if head.metadata.get("method") != method:
+        raise ValueError(f"{path} is a head for method {head.metadata.get('method')!r}, not {method!r}")
+    return head

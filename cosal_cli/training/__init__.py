@@ -1,0 +1,1 @@
+"""``cosal train``: data, sampling, losses and the training loop for methods' trainable heads."""

@@ -1,0 +1,391 @@
+"""The training loop of ``cosal train``: data from a split, batches, loss, validation, checkpoints.
+
+What is trained is a method's head (:class:`cosal_cli.methods.base.TrainableMethod`) on its frozen
+hub backbone. The run is reproducible: the head's initialisation comes from ``seed`` and every
+batch from a generator seeded by (seed, epoch, batch), so on the CPU the same command gives the same
+head, and a run resumed from its checkpoint ends exactly where an uninterrupted one would.
+
+Files (for ``--output sod-head.safetensors``):
+
+* ``sod-head.safetensors``: the best head so far by held-out S-measure, with metadata
+  (:mod:`cosal_cli.models.heads`), rewritten atomically whenever validation improves;
+* ``sod-head.checkpoint.safetensors``: head, optimiser state and loop position, written every
+  ``checkpoint_every`` batches, at each epoch end and on Ctrl-C; ``--resume`` continues from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from cosal_cli import __version__, datasets, methods, metrics
+from cosal_cli.errors import UsageError
+from cosal_cli.io import Group, ImageFile, load_grey
+from cosal_cli.methods.base import TrainableMethod
+from cosal_cli.models.heads import load_tensors, save_head, save_tensors
+from cosal_cli.splits import Split
+from cosal_cli.training.losses import LOSSES, deep_supervision
+from cosal_cli.training.sampler import (
+    ImageStore,
+    SamplerSettings,
+    TrainImage,
+    by_group,
+    epoch_batches,
+    make_batch,
+)
+
+CHECKPOINT_FORMAT = "cosal-train-checkpoint/1"
+#: Held-out metrics reported after each epoch; the first one picks the head that is kept.
+VALIDATION_METRICS = ("sm", "max_fm", "mean_em", "mae")
+
+
+@dataclass
+class TrainSettings:
+    method: str
+    data: list[Path]
+    split: Split
+    output: Path
+    epochs: int = 4
+    lr: float = 1e-3
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    val_limit: int = 24  # held-out images per group validated after each epoch (0: all of them)
+    checkpoint_every: int = 50
+    device: str = "auto"
+    resume: bool = False
+    offline: bool = False
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.output.with_name(self.output.name.removesuffix(".safetensors") + ".checkpoint.safetensors")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must not change between a run and its resumption."""
+        return {
+            "method": self.method,
+            "data": [str(path.resolve()) for path in self.data],
+            "split_sha256": self.split.sha256,
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "sampler": asdict(self.sampler),
+            "val_limit": self.val_limit,
+        }
+
+
+class TrainReporter(Protocol):
+    def notice(self, message: str) -> None: ...
+    def epoch_start(self, epoch: int, epochs: int, batches: int, done: int) -> None: ...
+    def step(self, images: int, loss: float) -> None: ...
+    def validation_start(self, images: int) -> None: ...
+    def validated(self, epoch: int, scores: dict[str, float], kept: bool) -> None: ...
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0  # epochs finished
+    batch: int = 0  # batches finished within the current epoch
+    step: int = 0  # optimiser steps in total
+    images: int = 0
+    seconds: float = 0.0
+    best: dict[str, Any] | None = None  # {"epoch": n, **scores} of the kept head
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epoch_loss: float = 0.0  # running sum of batch losses in the current epoch
+
+
+@dataclass
+class TrainData:
+    train: list[TrainImage]
+    held_out: dict[str, list[TrainImage]]  # group key -> the images validated after each epoch
+    summary: list[dict[str, Any]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+
+
+def collect_data(roots: Sequence[Path], split: Split, val_limit: int) -> TrainData:
+    """Training images and (at most ``val_limit`` per group) held-out images of every dataset root."""
+    train: list[TrainImage] = []
+    held_out: list[TrainImage] = []
+    summary = []
+    for root in roots:
+        dataset = datasets.locate(str(root))
+        split.check_groups(dataset.name, [group.name for group in dataset.groups])
+        counts = {"train": 0, "held-out": 0}
+        for group in dataset.groups:
+            for item in group.items:
+                assert item.image is not None  # locate() pairs images when require_images is on
+                image = TrainImage(dataset.name, group.name, item.stem, item.image, item.mask)
+                part = split.part(dataset.name, group.name, item.stem)
+                (train if part == "train" else held_out).append(image)
+                counts[part] += 1
+        summary.append({"dataset": dataset.name, "groups": len(dataset.groups), **counts})
+    if not train:
+        raise UsageError(f"split {split.name!r} leaves no training images in {', '.join(map(str, roots))}")
+    return TrainData(train, _validation_subset(held_out, val_limit), summary)
+
+
+def _validation_subset(held_out: list[TrainImage], limit: int) -> dict[str, list[TrainImage]]:
+    """``limit`` images per held-out group, evenly spaced in stem order (all of them when 0)."""
+    subset = {}
+    for key, items in by_group(held_out).items():
+        if limit and len(items) > limit:
+            items = [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
+        subset[key] = items
+    return subset
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+
+def train(settings: TrainSettings, reporter: TrainReporter) -> dict[str, Any]:
+    """Train, validate after every epoch, keep the best head; returns the kept head's metadata."""
+    from cosal_cli.hub import WeightHub
+    from cosal_cli.pipeline import resolve_device
+
+    method_class = trainable_method(settings.method)
+    device = resolve_device(settings.device)
+    hub = WeightHub()
+    backbone_id = hub.manifest.roles(settings.method)["backbone"]
+    backbone = hub.manifest.component(backbone_id)
+    data = collect_data(settings.data, settings.split, settings.val_limit)
+    for entry in data.summary:
+        reporter.notice(f"{entry['dataset']}: {entry['train']} training and {entry['held-out']} held-out images")
+
+    torch.manual_seed(settings.sampler.seed)  # the head's initialisation
+    network = method_class.build_network(hub.resolve(backbone_id, offline=settings.offline)).to(device)
+    optimiser = torch.optim.Adam([p for p in network.head.parameters()], lr=settings.lr)
+    state = LoopState()
+    if settings.resume:
+        state = _load_checkpoint(settings, network, optimiser, reporter)
+    elif settings.checkpoint.exists():
+        raise UsageError(
+            f"{settings.checkpoint} exists from an earlier run: add --resume to continue it, or delete it to start over"
+        )
+
+    groups = by_group(data.train)
+    store = ImageStore()
+    validator = _Validator(method_class, data.held_out, device)
+    total_steps = sum(len(epoch_batches(groups, settings.sampler, epoch)) for epoch in range(settings.epochs))
+    started = time.perf_counter() - state.seconds
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    try:
+        while state.epoch < settings.epochs:
+            batches = epoch_batches(groups, settings.sampler, state.epoch)
+            reporter.epoch_start(state.epoch + 1, settings.epochs, len(batches), state.batch)
+            network.train()
+            while state.batch < len(batches):
+                images, targets = make_batch(
+                    batches[state.batch], store, settings.sampler, state.epoch, state.batch, data.train
+                )
+                _set_lr(optimiser, settings.lr, state.step, total_steps)
+                loss_value = _step(network, optimiser, method_class.loss, images.to(device), targets.to(device), autocast)
+                state.step += 1
+                state.batch += 1
+                state.images += len(images)
+                state.epoch_loss += loss_value
+                state.seconds = time.perf_counter() - started
+                reporter.step(len(images), loss_value)
+                if state.batch % settings.checkpoint_every == 0:
+                    _save_checkpoint(settings, network, optimiser, state)
+            _finish_epoch(settings, network, validator, state, len(batches), backbone, data, reporter, device)
+            state.seconds = time.perf_counter() - started
+            _save_checkpoint(settings, network, optimiser, state)
+    except KeyboardInterrupt:
+        state.seconds = time.perf_counter() - started
+        _save_checkpoint(settings, network, optimiser, state)
+        reporter.notice(f"interrupted; saved {settings.checkpoint}: run the same command with --resume to continue")
+        raise
+    return _finalise(settings, state)
+
+
+def _finalise(settings: TrainSettings, state: LoopState) -> dict[str, Any]:
+    """Record the whole validation history in the kept head (it was saved before the later epochs ran)."""
+    head = load_tensors(settings.output)
+    metadata = dict(head.metadata)
+    metadata["validation"] = {**metadata["validation"], "history": state.history}
+    metadata["training"] = {**metadata["training"], "epochs_run": state.epoch, "seconds_total": round(state.seconds, 1)}
+    save_tensors(settings.output, head.tensors, metadata)
+    return metadata
+
+
+def trainable_method(name: str) -> type[TrainableMethod]:
+    method_class = methods.method_class(name)
+    if not issubclass(method_class, TrainableMethod):
+        trainable = [card for card in methods.CARDS if issubclass(methods.method_class(card), TrainableMethod)]
+        raise UsageError(f"method {name!r} has nothing to train; trainable: {', '.join(trainable)}")
+    if method_class.loss not in LOSSES:
+        raise UsageError(f"method {name!r} asks for unknown loss {method_class.loss!r}")
+    return method_class
+
+
+def _step(network, optimiser, loss_name: str, images: torch.Tensor, targets: torch.Tensor, autocast) -> float:
+    """One optimiser step on one sub-group; returns its loss."""
+    with autocast:
+        outputs = network(images)
+    loss = deep_supervision(loss_name, outputs, targets)
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    return loss.detach().item()
+
+
+def _set_lr(optimiser: torch.optim.Optimizer, base: float, step: int, total: int) -> None:
+    """Cosine decay from ``base`` to 1 % of it over the whole run (a pure function of the step)."""
+    lr = base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1))))
+    for group in optimiser.param_groups:
+        group["lr"] = lr
+
+
+def _finish_epoch(settings, network, validator, state, batches, backbone, data, reporter, device) -> None:
+    reporter.validation_start(validator.images)
+    scores = validator.run(network)
+    entry = {"epoch": state.epoch + 1, "loss": round(state.epoch_loss / max(batches, 1), 5), **scores}
+    state.history.append(entry)
+    kept = state.best is None or scores["sm"] > state.best["sm"]
+    state.epoch += 1
+    state.batch = 0
+    state.epoch_loss = 0.0
+    if kept:
+        state.best = entry
+        metadata = _head_metadata(settings, state, backbone, data, device, network.config)
+        save_head(settings.output, network.head.state_dict(), metadata)
+    reporter.validated(state.epoch, scores, kept)
+
+
+def _head_metadata(settings, state: LoopState, backbone, data: TrainData, device, config) -> dict[str, Any]:
+    return {
+        "method": settings.method,
+        "config": dict(config),
+        "backbone": {"component": backbone.id, "sha256": backbone.sha256},
+        "training": {
+            "data": data.summary,
+            "split": {"name": settings.split.name, "file": settings.split.path.name, "sha256": settings.split.sha256},
+            "epochs": state.epoch,
+            "epochs_planned": settings.epochs,
+            "steps": state.step,
+            "images_seen": state.images,
+            "lr": settings.lr,
+            "loss": methods.method_class(settings.method).loss,
+            "sampler": asdict(settings.sampler),
+            "device": str(device),
+            "seconds": round(state.seconds, 1),
+            "command": shlex.join(["cosal", *sys.argv[1:]]),
+            "torch": torch.__version__,
+        },
+        "validation": {"kept": state.best, "history": state.history, "images_per_group": settings.val_limit},
+        "cosal_version": __version__,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation: the method's own prediction path, scored with bench's metrics
+# ----------------------------------------------------------------------------------------------
+
+
+class _Validator:
+    def __init__(self, method_class, held_out: dict[str, list[TrainImage]], device: torch.device):
+        self.method_class = method_class
+        self.held_out = held_out
+        self.device = device
+        self._decoded: dict[str, tuple[Any, list[np.ndarray]]] | None = None
+
+    @property
+    def images(self) -> int:
+        return sum(len(items) for items in self.held_out.values())
+
+    def run(self, network: torch.nn.Module) -> dict[str, float]:
+        from cosal_cli.pipeline import to_image_size
+
+        method = self.method_class.from_network(network, self.device)
+        accumulator = metrics.MetricAccumulator("pysodmetrics")
+        network.eval()
+        try:
+            for key, (decoded, masks) in self._decode(method.input_size).items():
+                pixels = torch.from_numpy(decoded.pixels).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+                with torch.inference_mode(method.inference_mode):
+                    maps = method.predict_group(pixels).detach().float().cpu()
+                for low_res, size, mask in zip(maps, decoded.sizes, masks):
+                    prediction = to_image_size(low_res, size, method.output_interpolation)
+                    accumulator.add(key, metrics.evaluate_pair(prediction, mask))
+        finally:
+            network.train()
+        summary = accumulator.summary()
+        return {name: round(float(summary[name]), 5) for name in VALIDATION_METRICS}
+
+    def _decode(self, size: int) -> dict[str, tuple[Any, list[np.ndarray]]]:
+        from cosal_cli.pipeline import decode_group
+
+        if self._decoded is None:
+            self._decoded = {}
+            for key, items in self.held_out.items():
+                group = Group(key, items[0].image.parent, [ImageFile(item.image, item.stem) for item in items])
+                decoded = decode_group(group, size)
+                if decoded.problems:
+                    raise UsageError(decoded.problems[0].message)
+                self._decoded[key] = (decoded, [load_grey(item.mask) for item in items])
+        return self._decoded
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints (safetensors, never pickle)
+# ----------------------------------------------------------------------------------------------
+
+
+def _save_checkpoint(settings: TrainSettings, network, optimiser: torch.optim.Optimizer, state: LoopState) -> None:
+    tensors = {f"head.{name}": value for name, value in network.head.state_dict().items()}
+    optimiser_state = optimiser.state_dict()
+    for index, values in optimiser_state["state"].items():
+        for key, value in values.items():
+            tensors[f"optimiser.{index}.{key}"] = torch.as_tensor(value)
+    save_tensors(
+        settings.checkpoint,
+        tensors,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "fingerprint": settings.fingerprint(),
+            "state": asdict(state),
+            "param_groups": optimiser_state["param_groups"],
+        },
+    )
+
+
+def _load_checkpoint(settings: TrainSettings, network, optimiser, reporter: TrainReporter) -> LoopState:
+    path = settings.checkpoint
+    if not path.exists():
+        raise UsageError(f"--resume: no checkpoint {path} (it is written next to --output while training)")
+    saved = load_tensors(path)
+    if saved.metadata.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"{path} is not a cosal training checkpoint")
+    differences = sorted(
+        key for key, value in settings.fingerprint().items()
+        if json.loads(json.dumps(value)) != saved.metadata["fingerprint"].get(key)
+    )  # fmt: skip
+    if differences:
+        raise UsageError(
+            f"{path} was written by a run with different {', '.join(differences)}; "
+            "resume with the same options, or delete the checkpoint to start over"
+        )
+    network.head.load_state_dict({k[5:]: v for k, v in saved.tensors.items() if k.startswith("head.")}, strict=True)
+    per_parameter: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in saved.tensors.items():
+        if name.startswith("optimiser."):
+            _, index, key = name.split(".", 2)
+            per_parameter.setdefault(int(index), {})[key] = value
+    optimiser.load_state_dict({"state": per_parameter, "param_groups": saved.metadata["param_groups"]})
+    state = LoopState(**saved.metadata["state"])
+    reporter.notice(f"resuming {path}: epoch {state.epoch + 1}, batch {state.batch}, {state.step} steps done")
+    return state
