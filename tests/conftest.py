@@ -151,3 +151,18 @@ def example_map_scores(maps: Path) -> dict[str, tuple[float, float]]:
         assert prediction.shape == mask.shape, mask_path.name
         scores[mask_path.name] = (prediction[mask].mean() / max(prediction[~mask].mean(), 1e-9), auc(prediction, mask))
     return scores
+
+
+def detect_examples(out: Path, *options: str) -> tuple[dict, dict[str, tuple[float, float]]]:
+    """``cosal detect examples/ -o out --offline --json *options``: its JSON summary and the maps' scores."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cosal_cli.cli import app
+
+    result = CliRunner().invoke(app, ["detect", str(EXAMPLES), "-o", str(out), "--offline", "--json", *options])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["counts"]["written"] == 14
+    return summary, example_map_scores(out)

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from cosal_cli import methods
-from cosal_cli.cli import app
 from cosal_cli.methods.gmr import Method as Gmr
 from cosal_cli.refine import manifold_ranking as mr
 
-from .conftest import EXAMPLES, example_map_scores
+from .conftest import detect_examples
 
 
 def block_labels(rows: int, cols: int, block: int = 3) -> np.ndarray:
@@ -145,14 +141,8 @@ def test_gmr_is_a_sism_generator():
 def test_cli_detect_with_gmr_finds_the_cats(tmp_path, monkeypatch):
     monkeypatch.setenv("COSAL_HOME", str(tmp_path / "home"))  # no weights needed, none fetched
     monkeypatch.delenv("COSAL_MANIFEST", raising=False)
-    out = tmp_path / "maps"
-    result = CliRunner().invoke(
-        app, ["detect", str(EXAMPLES / "Image"), "--method", "gmr", "-o", str(out), "--offline", "--json"]
-    )
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout)
-    assert summary["method"] == "gmr" and summary["counts"]["written"] == 14
-    scores = example_map_scores(out)
+    summary, scores = detect_examples(tmp_path / "maps", "--method", "gmr")
+    assert summary["method"] == "gmr"
     # Measured: 1.8x to 46x brighter on the cats than off them; inverted or constant maps are <= 1x.
     assert all(ratio > 1.4 for ratio, _ in scores.values()), scores
     # Measured AUC 0.70 to 0.998, mean 0.90 (an inverted map gives 1 - AUC, a constant one 0.5).
