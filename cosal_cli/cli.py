@@ -153,7 +153,7 @@ class _ConsoleReporter:
     def __init__(self, progress: Progress | None, quiet: bool):
         self.progress, self.quiet = progress, quiet
         self.console = progress.console if progress else stderr
-        self.task = progress.tasks[0].id if progress else None
+        self.task = progress.tasks[0].id if progress and progress.tasks else None
 
     def notice(self, message: str) -> None:
         if not self.quiet:
@@ -489,7 +489,7 @@ def train(
         )
 
 
-class _TrainConsoleReporter:
+class _TrainConsoleReporter(_ConsoleReporter):
     """A progress bar per epoch with the running loss and images/s; plain lines when not a terminal."""
 
     LOG_EVERY = 50  # batches between plain progress lines
@@ -497,16 +497,11 @@ class _TrainConsoleReporter:
     def __init__(self, progress: Progress | None, quiet: bool):
         import time
 
-        self.progress, self.quiet, self.clock = progress, quiet, time.perf_counter
-        self.console = progress.console if progress else stderr
-        self.task: Any = None
+        super().__init__(progress, quiet)
+        self.clock = time.perf_counter
         self.epoch = self.batch = self.batches = 0
         self.loss: float | None = None
         self.images, self.started = 0, self.clock()
-
-    def notice(self, message: str) -> None:
-        if not self.quiet:
-            self.console.print(f"[dim]note:[/] {_escape(message)}")
 
     def epoch_start(self, epoch: int, epochs: int, batches: int, done: int) -> None:
         self.epoch, self.batch, self.batches = epoch, done, batches

@@ -132,11 +132,14 @@ def make_batch(
     """
     rng = np.random.default_rng([settings.seed, epoch, index])
     images, targets = [], []
+    other_groups: dict[str, list[TrainImage]] = {}  # donors outside each group, listed once per batch
     for item in batch:
         rgb, mask = store.get(item)
         image, target = augment(rgb, mask, settings, rng)
         if settings.composite_fraction > 0 and rng.random() < settings.composite_fraction:
-            others = [donor for donor in donors if donor.group_key != item.group_key]
+            if item.group_key not in other_groups:
+                other_groups[item.group_key] = [donor for donor in donors if donor.group_key != item.group_key]
+            others = other_groups[item.group_key]
             if others:
                 donor_rgb, donor_mask = store.get(others[int(rng.integers(len(others)))])
                 image, target, _ = paste_object(image, target, donor_rgb, donor_mask, settings, rng)

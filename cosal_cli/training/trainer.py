@@ -179,12 +179,13 @@ def train(settings: TrainSettings, reporter: TrainReporter) -> dict[str, Any]:
     groups = by_group(data.train)
     store = ImageStore()
     validator = _Validator(method_class, data.held_out, device)
-    total_steps = sum(len(epoch_batches(groups, settings.sampler, epoch)) for epoch in range(settings.epochs))
+    schedule = [epoch_batches(groups, settings.sampler, epoch) for epoch in range(settings.epochs)]
+    total_steps = sum(len(batches) for batches in schedule)
     started = time.perf_counter() - state.seconds
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     try:
         while state.epoch < settings.epochs:
-            batches = epoch_batches(groups, settings.sampler, state.epoch)
+            batches = schedule[state.epoch]
             reporter.epoch_start(state.epoch + 1, settings.epochs, len(batches), state.batch)
             network.train()
             while state.batch < len(batches):
