@@ -550,10 +550,7 @@ def list_methods(json_output: Annotated[bool, typer.Option("--json", help="Machi
                 "default": card.name == methods.DEFAULT_METHOD,
                 "paper": card.paper,
                 "summary": card.summary,
-                "weights": {
-                    role: {"component": cid, "cached": hub.is_cached(hub.manifest.component(cid))}
-                    for role, cid in roles.items()
-                },
+                "weights": {role: _method_weight(hub, hub.manifest.component(cid)) for role, cid in roles.items()},
                 "sism": card.sism,
                 "sism_generator": card.sism_generator,
                 "refiners": list(card.refiners),
@@ -567,14 +564,29 @@ def list_methods(json_output: Annotated[bool, typer.Option("--json", help="Machi
         table.add_column(column, overflow="fold")
     for row in rows:
         weights = "\n".join(
-            f"{role}: {item['component']} {'[green]yes[/]' if item['cached'] else '[red]no[/]'}"
-            for role, item in row["weights"].items()
+            f"{role}: {item['component']} {_cached_cell(item)}" for role, item in row["weights"].items()
         )
         name = row["name"] + (" (default)" if row["default"] else "")
         sism = row["sism"] or ("generates SISMs" if row["sism_generator"] else "-")
         table.add_row(name, f"{row['paper']}\n[dim]{row['summary']}[/]", weights or "none (training-free)", sism,
                       ", ".join(row["refiners"]) or "-")  # fmt: skip
     stdout.print(table)
+
+
+def _method_weight(hub: Any, component: Any) -> dict[str, Any]:
+    item = {"component": component.id, "cached": hub.is_cached(component)}
+    if component.imported:
+        item["source"] = "import"
+        if not item["cached"]:
+            item["import"] = component.source.command()
+    return item
+
+
+def _cached_cell(item: dict[str, Any]) -> str:
+    """The cached cell: yes / no, or imported / not imported for an imported component."""
+    if item.get("source") != "import":
+        return "[green]yes[/]" if item["cached"] else "[red]no[/]"
+    return "[green]imported[/]" if item["cached"] else "[red]not imported[/]"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -592,19 +604,22 @@ def weights_list(json_output: Annotated[bool, typer.Option("--json", help="Machi
     rows = []
     for component in hub.manifest.components.values():
         users = [name for name, roles in hub.manifest.methods.items() if component.id in roles.values()]
-        rows.append(
-            {
-                "id": component.id,
-                "description": component.description,
-                "licence": component.licence,
-                "source": component.source.describe(),
-                "size": component.size,
-                "sha256": component.sha256,
-                "methods": users,
-                "cached": hub.is_cached(component),
-                "path": str(hub.artifact_path(component)),
-            }
-        )
+        row = {
+            "id": component.id,
+            "description": component.description,
+            "licence": component.licence,
+            "source": component.source.describe(),
+            "size": component.size,
+            "sha256": component.sha256,
+            "methods": users,
+            "cached": hub.is_cached(component),
+            "path": str(hub.artifact_path(component)),
+        }
+        if component.imported:  # size and sha256 are the import record's (None until imported)
+            record = hub.import_record(component)
+            row.update(size=record and record.size, sha256=record and record.sha256)
+            row["import_command"] = component.source.command()
+        rows.append(row)
     if json_output:
         stdout.print_json(json.dumps(rows))
         return
@@ -612,8 +627,10 @@ def weights_list(json_output: Annotated[bool, typer.Option("--json", help="Machi
     for column in ("component", "methods", "source", "size", "licence", "cached"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(row["id"], ", ".join(row["methods"]) or "-", row["source"], f"{row['size'] / 1e6:.1f} MB",
-                      row["licence"], "[green]yes[/]" if row["cached"] else "[red]no[/]")  # fmt: skip
+        size = f"{row['size'] / 1e6:.1f} MB" if row["size"] else "-"
+        item = {"source": hub.manifest.component(row["id"]).source.kind, "cached": row["cached"]}
+        table.add_row(row["id"], ", ".join(row["methods"]) or "-", row["source"], size, row["licence"],
+                      _cached_cell(item))  # fmt: skip
     stdout.print(table)
     stdout.print(f"cache: {hub.home}")
 
@@ -626,7 +643,11 @@ def weights_pull(
     offline: Annotated[bool, typer.Option("--offline", help="Only use files already on this machine.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
 ) -> None:
-    """Fetch, convert and verify components into the cache (a corrupt cached file is replaced)."""
+    """Fetch, convert and verify components into the cache (a corrupt cached file is replaced).
+
+    Imported components (`cosal weights import`) are never fetched: --all skips those not imported yet,
+    and naming one that is not imported fails with exit 3 and the import command.
+    """
     from cosal_cli.hub import WeightHub, offline_mode
 
     hub = WeightHub()
@@ -637,6 +658,11 @@ def weights_pull(
     with _progress(quiet, 0) as progress:
         callback = _download_progress(progress) if progress else None
         for component in components:
+            if all_components and component.imported and not hub.is_cached(component):
+                if not quiet:
+                    stderr.print(f"[dim]skipped[/] {component.id}: imported, not downloaded; "
+                                 f"`{_escape(component.source.command())}`")  # fmt: skip
+                continue
             try:
                 path = hub.pull(component.id, offline=offline_mode(offline), progress=callback)
             except CosalError as exc:
@@ -689,12 +715,104 @@ def weights_path(name: Annotated[str, typer.Argument(help="Component id.", show_
     from cosal_cli.hub import WeightHub
 
     hub = WeightHub()
-    status = hub.verify(hub.manifest.component(name))
+    component = hub.manifest.component(name)
+    status = hub.verify(component)
     if status.state == "missing":
-        raise WeightsUnavailable(f"{name} is not cached ({status.path}); run `cosal weights pull {name}`")
+        state = "imported" if component.imported else "cached"
+        raise WeightsUnavailable(f"{name} is not {state} ({status.path}); {hub.fix_hint(component)}")
     if status.state == "corrupt":
-        raise ChecksumMismatch(f"{status.path} is corrupt ({status.detail}); run `cosal weights pull {name}`")
+        raise ChecksumMismatch(f"{status.path} is corrupt ({status.detail}); {hub.fix_hint(component)}")
     print(status.path)
+
+
+IMPORT_EPILOG = (
+    "Each file is loaded with torch.load(weights_only=True), so nothing in it can run, checked strictly against "
+    "the network's keys and shapes (and against its published sha256 where there is one), converted to "
+    "$COSAL_HOME/imported/<component>.safetensors and recorded, with both sha256s, in <component>.json beside it. "
+    "Exit codes: 0 imported (the last lines say whether the importer's methods are ready or what they still "
+    "need), 2 usage error, a missing file or one that is not the expected checkpoint (the message names it and "
+    "shows the key / shape diff), 4 a published file (the co-classifier) whose sha256 is not the pinned one. "
+    "A file that fails leaves the cache unchanged; the other files are still imported."
+)
+
+
+@weights_app.command("import", epilog=IMPORT_EPILOG)
+@_handle_errors
+def weights_import(
+    importer: Annotated[str, typer.Argument(help="Whose files: gicd.", show_default=False)],
+    path: Annotated[
+        Optional[Path], typer.Argument(help="The main file (gicd: the official gicd_ginet.pth).", show_default=False)
+    ] = None,
+    co_classifier: Annotated[
+        Optional[Path],
+        typer.Option("--co-classifier", help="gicd: torchvision's vgg16-397923af.pth (default: taken from torch's "
+                     "hub cache, $TORCH_HOME/hub/checkpoints/, when it is there and not imported yet).",
+                     show_default=False),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+) -> None:
+    """Import weights that cannot be downloaded (the official GICD files): check, convert and record them."""
+    from cosal_cli.hub import WeightHub
+
+    hub = WeightHub()
+    files = {option: file for option, file in (("PATH", path), ("--co-classifier", co_classifier)) if file is not None}
+    outcomes = hub.import_files(importer, files)
+    worst = max((outcome.error.exit_code for outcome in outcomes if outcome.error), default=ExitCode.OK)
+    imported = [outcome.component.id for outcome in outcomes if outcome.record]
+    users = [m for c in hub.manifest.importer(importer) for m in hub.manifest.users(c.id)]
+    readiness = {method: hub.method_status(method, known_ok=imported) for method in dict.fromkeys(users)}
+    if json_output:
+        stdout.print_json(json.dumps(_import_json(outcomes, readiness, worst)))
+    for outcome in outcomes:
+        found = f" (found in {outcome.found_in})" if outcome.found_in else ""
+        if outcome.error:
+            stderr.print(f"[bold red]error:[/] {_escape(str(outcome.error))}")
+            continue
+        record = outcome.record
+        stderr.print(f"[green]imported[/] {outcome.component.id} from {_escape(record.source_path)}{found}\n"
+                     f"  source sha256 {record.source_sha256}\n  -> {_escape(record.path)}")  # fmt: skip
+    for method, statuses in readiness.items():
+        missing = [(role, status) for role, status in statuses.items() if status.state != "ok"]
+        if not missing:
+            stderr.print(f"[green]{method} is ready[/]: cosal detect PATH... --method {method}")
+            continue
+        needs = "; ".join(
+            f"{role} ({status.component.id}) is {'not imported' if status.state == 'missing' else 'corrupt'}: "
+            f"`{status.component.source.command()}`"
+            for role, status in missing
+        )
+        stderr.print(f"[yellow]{method} is not ready yet[/]: {_escape(needs)}")
+    raise typer.Exit(int(worst))
+
+
+def _import_json(outcomes: list, readiness: dict, exit_code: int) -> dict[str, Any]:
+    return {
+        "imported": [
+            {**outcome.record.to_json(), "found_in": outcome.found_in} for outcome in outcomes if outcome.record
+        ],
+        "errors": [
+            {
+                "component": outcome.component.id,
+                "path": str(outcome.path),
+                "found_in": outcome.found_in,
+                "message": str(outcome.error),
+                "exit_code": int(outcome.error.exit_code),
+            }
+            for outcome in outcomes
+            if outcome.error
+        ],
+        "methods": {
+            method: {
+                "ready": all(status.state == "ok" for status in statuses.values()),
+                "weights": {
+                    role: {"component": status.component.id, "state": status.state, "path": str(status.path)}
+                    for role, status in statuses.items()
+                },
+            }
+            for method, statuses in readiness.items()
+        },
+        "exit_code": int(exit_code),
+    }
 
 
 if __name__ == "__main__":  # pragma: no cover

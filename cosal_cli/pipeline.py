@@ -388,6 +388,9 @@ def _write_group(group, decoded, maps, method, output_dir, existing, report, sum
 def to_image_size(low_res: torch.Tensor, size: tuple[int, int], interpolation: str) -> np.ndarray:
     """A method's (h, w) map in [0, 1] as the (H, W) uint8 map of an image of ``size`` = (W, H)."""
     width, height = size
+    if interpolation == "bilinear-official":  # GICD's test.py: align_corners=True, ToPILImage truncates
+        full = F.interpolate(low_res[None, None], size=(height, width), mode="bilinear", align_corners=True)[0, 0]
+        return full.clamp_(0.0, 1.0).mul_(255.0).floor_().to(torch.uint8).numpy()
     full = F.interpolate(low_res[None, None], size=(height, width), mode=interpolation, align_corners=False)[0, 0]
     return full.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).numpy()
 

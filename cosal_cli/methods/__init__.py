@@ -45,6 +45,13 @@ CARDS: dict[str, MethodCard] = {
             refiners=("admm",),
         ),
         MethodCard(
+            name="gicd",
+            paper="Zhang, Jin, Xu, Cheng. Gradient-Induced Co-Saliency Detection. ECCV 2020; cosal's weights: "
+            "EfficientNet-Lite0 co-classifier and encoder, ARM decoder trained with `cosal train` (jigsaw composites)",
+            summary="consensus of the group's ImageNet logits; its gradient picks the channels of the common object",
+            module="cosal_cli.methods.gicd",
+        ),
+        MethodCard(
             name="sod",
             paper="cosal's single-image baseline: frozen VGG-16 (relu1_2 ... relu5_3) with a light top-down "
             "decoder, trained with `cosal train` (see training/splits/)",
@@ -60,10 +67,17 @@ CARDS: dict[str, MethodCard] = {
             refiners=("manifold-ranking",),
             sism_generator=True,
         ),
+        MethodCard(
+            name="gicd-official",
+            paper="Zhang, Jin, Xu, Cheng. Gradient-Induced Co-Saliency Detection. ECCV 2020 (official weights, "
+            "imported by the user)",
+            summary="the official GINet and its VGG-16 co-classifier; import them with `cosal weights import gicd`",
+            module="cosal_cli.methods.gicd_official",
+        ),
     )
 }
 
-DEFAULT_METHOD = "csmg-mask"
+DEFAULT_METHOD = "gicd"
 
 
 def card(name: str) -> MethodCard:

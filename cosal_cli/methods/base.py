@@ -21,7 +21,8 @@ class Method(ABC):
     #: Weight roles read from the manifest (``methods: <name>: {role: component}``).
     roles: ClassVar[tuple[str, ...]]
     input_size: ClassVar[int] = 224
-    #: How maps are brought back to the image size: "bilinear" or "bicubic" (values are clamped to [0, 1]).
+    #: How maps are brought back to the image size: "bilinear" or "bicubic" (clamped to [0, 1], rounded to
+    #: 8 bits), or "bilinear-official" (align_corners=True and truncation, as GICD's own test script saves).
     output_interpolation: ClassVar[str] = "bilinear"
     #: False for methods that need autograd at inference (GICD); the pipeline then leaves grad mode on.
     inference_mode: ClassVar[bool] = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -25,3 +26,35 @@ def load_state_dict_file(path: Path, device: str | torch.device = "cpu") -> dict
     from safetensors.torch import load_file
 
     return load_file(str(path), device=str(device))
+
+
+def check_state_dict(state: Mapping[str, torch.Tensor], model: torch.nn.Module, source: str) -> dict[str, torch.Tensor]:
+    """``state`` ready for ``model.load_state_dict(strict=True)``, or ValueError with a readable diff.
+
+    A leading ``module.`` (DataParallel) is stripped. The error names the file, then the missing keys,
+    the unexpected keys and the shape mismatches, a few of each with the counts, so a user can tell a
+    wrong file (nothing matches) from a different version (a few keys differ).
+    """
+    from cosal_cli.io import abbreviate
+
+    if state and all(key.startswith("module.") for key in state):
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(
+        f"{key} {tuple(state[key].shape)} (expected {expected[key]})"
+        for key in set(expected) & set(state)
+        if tuple(state[key].shape) != expected[key]
+    )
+    problems = [
+        f"{len(items)} {what}: {abbreviate(items, 4)}"
+        for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
+        if items
+    ]
+    if problems:
+        matched = len(set(expected) & set(state)) - len(shapes)
+        raise ValueError(
+            f"{source} does not fit {type(model).__name__} ({matched} of {len(expected)} keys match): " + "; ".join(problems)
+        )
+    return dict(state)

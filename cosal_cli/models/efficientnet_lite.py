@@ -111,12 +111,26 @@ class EfficientNetLite0(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The 1280-channel map before pooling (stride 32); ``x`` from :func:`lite_normalise`."""
+        return self.head_features(self.blocks_until(x, len(self._blocks) - 1, taps=())[0])
+
+    def blocks_until(self, x: torch.Tensor, last: int, taps: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The stem and blocks 0..``last``: the output of ``last`` and the outputs of the blocks in ``taps``."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
+        tapped = []
+        for index, block in enumerate(self._blocks[: last + 1]):
             x = block(x)
+            if index in taps:
+                tapped.append(x)
+        return x, tapped
+
+    def head_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The 1x1 head conv on the last block's output: the last convolutional features."""
         return F.relu6(self._bn1(self._conv_head(x)))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits (N, 1000) from :meth:`head_features`."""
+        return self._fc(self._dropout(features.mean(dim=(2, 3))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits (N, 1000)."""
-        pooled = self.forward_features(x).mean(dim=(2, 3))
-        return self._fc(self._dropout(pooled))
+        return self.classify(self.forward_features(x))
