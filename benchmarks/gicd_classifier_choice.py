@@ -32,7 +32,7 @@ from torch import nn
 from cosal_cli import datasets, metrics, splits
 from cosal_cli.hub import WeightHub
 from cosal_cli.models.efficientnet_lite import EfficientNetLite0, lite_normalise
-from cosal_cli.models.gicd import gradient_cam
+from cosal_cli.models.gicd import consensus_gradient, gradient_cam
 from cosal_cli.models.vgg import VGG16Features, imagenet_normalise
 
 SIZE = 224
@@ -74,18 +74,12 @@ def lite_cam(lite: EfficientNetLite0, images: torch.Tensor, block: int | None, c
     with torch.no_grad():
         x, _ = lite.blocks_until(lite_normalise(images), last if block is None else block, taps=())
         features = lite.head_features(x) if block is None else x
-    with torch.enable_grad():
-        leaf = features.detach().requires_grad_(True)
-        logits = lite.classify(leaf) if block is None else logits_after(lite, leaf, block)
-        (gradient,) = torch.autograd.grad((logits * consensus).sum(), leaf)
-    return gradient_cam(features, gradient)[1]
+    classify = lite.classify if block is None else (lambda leaf: logits_after(lite, leaf, block))
+    return gradient_cam(features, consensus_gradient(classify, features, consensus))[1]
 
 
 def vgg_cam(head: DistilledHead, relu5_3: torch.Tensor, consensus: torch.Tensor) -> torch.Tensor:
-    with torch.enable_grad():
-        leaf = relu5_3.detach().requires_grad_(True)
-        (gradient,) = torch.autograd.grad((head(leaf) * consensus).sum(), leaf)
-    return gradient_cam(relu5_3, gradient)[1]
+    return gradient_cam(relu5_3, consensus_gradient(head, relu5_3, consensus))[1]
 
 
 def score(accumulator: metrics.MetricAccumulator, group: str, items, cams: torch.Tensor) -> None:

@@ -22,6 +22,7 @@ is a sum over images, so the per-image gradients do not mix). Normalisations are
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -101,6 +102,35 @@ def minmax_per_image(x: torch.Tensor, eps: float) -> torch.Tensor:
     return (x - low) / (high - low + eps)
 
 
+def group_consensus(classify: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, chunk: int) -> torch.Tensor:
+    """softmax(sum of the group's ImageNet logits), (1, 1000), summed ``chunk`` images at a time.
+
+    The sum is order-invariant, so memory holds one chunk's activations whatever the group's size.
+    """
+    total = images.new_zeros(1, 1000)
+    with torch.no_grad():
+        for part in images.split(chunk):
+            total += classify(part).sum(dim=0, keepdim=True)
+    return torch.softmax(total, dim=1)
+
+
+def consensus_gradient(
+    classify: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor, consensus: torch.Tensor | None
+) -> torch.Tensor:
+    """The gradient of <consensus, classify(features)> w.r.t. ``features``, for every image in one call.
+
+    The similarity is a sum over images, so their gradients do not mix. Without ``consensus`` the
+    images are the whole group and it comes from their own logits (held constant, as in the paper).
+    """
+    with torch.enable_grad():
+        leaf = features.detach().requires_grad_(True)
+        logits = classify(leaf)
+        if consensus is None:
+            consensus = torch.softmax(logits.detach().sum(dim=0, keepdim=True), dim=1)
+        (gradient,) = torch.autograd.grad((logits * consensus).sum(), leaf)
+    return gradient
+
+
 def gradient_cam(features: torch.Tensor, gradient: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """GICD's channel weighting and CAM, per image: (features weighted by the gradient, CAM in [0, 1]).
 
@@ -136,11 +166,7 @@ class GINet(nn.Module):
 
     def induce(self, x5: torch.Tensor, consensus: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """GIM for a batch: (conv5 weighted by the consensus gradient, CAM in [0, 1]) per image."""
-        with torch.enable_grad():
-            leaf = x5.detach().requires_grad_(True)
-            similarity = (self.backbone.logits(leaf) * consensus).sum()  # a sum over images: gradients stay apart
-            (gradient,) = torch.autograd.grad(similarity, leaf)
-        return gradient_cam(x5, gradient)
+        return gradient_cam(x5, consensus_gradient(self.backbone.logits, x5, consensus))
 
     def decode(self, features: list[torch.Tensor], weighted: torch.Tensor, cam: torch.Tensor) -> list[torch.Tensor]:
         """``[cam, pred4, pred3, pred2, pred1]``, each resized to the input size (align_corners=True)."""
@@ -173,11 +199,7 @@ class GICD(nn.Module):
 
     def consensus(self, images: torch.Tensor) -> torch.Tensor:
         """softmax(sum of the group's ImageNet logits), (1, 1000); summed chunk by chunk."""
-        total = images.new_zeros(1, 1000)
-        with torch.no_grad():
-            for chunk in images.split(self.chunk):
-                total += self.co_classifier(chunk).sum(dim=0, keepdim=True)
-        return torch.softmax(total, dim=1)
+        return group_consensus(self.co_classifier, images, self.chunk)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """(N, 3, S, S) normalised RGB of one group to the five (N, 1, S, S) maps, pred1 last.

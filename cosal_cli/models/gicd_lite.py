@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cosal_cli.models.efficientnet_lite import STAGES, EfficientNetLite0, lite_normalise
-from cosal_cli.models.gicd import gradient_cam
+from cosal_cli.models.gicd import consensus_gradient, gradient_cam, group_consensus
 
 DEFAULT_CONFIG: dict[str, Any] = {"channels": 32}
 #: (block index, channels) of the stage ends the decoder reads: strides 2, 4, 8 and 16, finest first.
@@ -103,24 +103,11 @@ class GicdLite(nn.Module):
 
     def consensus(self, images: torch.Tensor, chunk: int) -> torch.Tensor:
         """softmax(sum of the group's ImageNet logits), (1, 1000), summed ``chunk`` images at a time."""
-        total = images.new_zeros(1, 1000)
-        with torch.no_grad():
-            for part in images.split(chunk):
-                total += self.logits(self.encode(part)[1]).sum(dim=0, keepdim=True)
-        return torch.softmax(total, dim=1)
+        return group_consensus(lambda part: self.classifier(lite_normalise(part)), images, chunk)
 
     def induce(self, features: torch.Tensor, consensus: torch.Tensor | None) -> torch.Tensor:
-        """The gradient of <consensus, logits> w.r.t. ``features``, for every image in one call.
-
-        Without ``consensus`` the images are the whole group: it comes from their own logits.
-        """
-        with torch.enable_grad():
-            leaf = features.detach().requires_grad_(True)
-            logits = self.logits(leaf)
-            if consensus is None:
-                consensus = torch.softmax(logits.detach().sum(dim=0, keepdim=True), dim=1)
-            (gradient,) = torch.autograd.grad((logits * consensus).sum(), leaf)
-        return gradient
+        """The gradient of <consensus, logits> w.r.t. ``features``; without ``consensus`` the images are the group."""
+        return consensus_gradient(self.logits, features, consensus)
 
     def forward(self, images: torch.Tensor, consensus: torch.Tensor | None = None) -> list[torch.Tensor]:
         """(N, 3, S, S) RGB in [0, 1] to the decoder's logit maps (N, 1, S, S), finest first.
