@@ -564,7 +564,8 @@ def list_methods(json_output: Annotated[bool, typer.Option("--json", help="Machi
         table.add_column(column, overflow="fold")
     for row in rows:
         weights = "\n".join(
-            f"{role}: {item['component']} {_cached_cell(item)}" for role, item in row["weights"].items()
+            f"{role}: {item['component']} {_cached_cell(item['cached'], imported=item.get('source') == 'import')}"
+            for role, item in row["weights"].items()
         )
         name = row["name"] + (" (default)" if row["default"] else "")
         sism = row["sism"] or ("generates SISMs" if row["sism_generator"] else "-")
@@ -582,11 +583,11 @@ def _method_weight(hub: Any, component: Any) -> dict[str, Any]:
     return item
 
 
-def _cached_cell(item: dict[str, Any]) -> str:
+def _cached_cell(cached: bool, imported: bool) -> str:
     """The cached cell: yes / no, or imported / not imported for an imported component."""
-    if item.get("source") != "import":
-        return "[green]yes[/]" if item["cached"] else "[red]no[/]"
-    return "[green]imported[/]" if item["cached"] else "[red]not imported[/]"
+    if not imported:
+        return "[green]yes[/]" if cached else "[red]no[/]"
+    return "[green]imported[/]" if cached else "[red]not imported[/]"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -603,7 +604,6 @@ def weights_list(json_output: Annotated[bool, typer.Option("--json", help="Machi
     hub = WeightHub()
     rows = []
     for component in hub.manifest.components.values():
-        users = [name for name, roles in hub.manifest.methods.items() if component.id in roles.values()]
         row = {
             "id": component.id,
             "description": component.description,
@@ -611,7 +611,7 @@ def weights_list(json_output: Annotated[bool, typer.Option("--json", help="Machi
             "source": component.source.describe(),
             "size": component.size,
             "sha256": component.sha256,
-            "methods": users,
+            "methods": hub.manifest.users(component.id),
             "cached": hub.is_cached(component),
             "path": str(hub.artifact_path(component)),
         }
@@ -628,9 +628,8 @@ def weights_list(json_output: Annotated[bool, typer.Option("--json", help="Machi
         table.add_column(column, overflow="fold")
     for row in rows:
         size = f"{row['size'] / 1e6:.1f} MB" if row["size"] else "-"
-        item = {"source": hub.manifest.component(row["id"]).source.kind, "cached": row["cached"]}
         table.add_row(row["id"], ", ".join(row["methods"]) or "-", row["source"], size, row["licence"],
-                      _cached_cell(item))  # fmt: skip
+                      _cached_cell(row["cached"], imported="import_command" in row))  # fmt: skip
     stdout.print(table)
     stdout.print(f"cache: {hub.home}")
 
