@@ -166,3 +166,33 @@ def detect_examples(out: Path, *options: str) -> tuple[dict, dict[str, tuple[flo
     summary = json.loads(result.stdout)
     assert summary["counts"]["written"] == 14
     return summary, example_map_scores(out)
+
+
+def check_shipped_head(hub: WeightHub, method: str, head: Path, max_bytes: int) -> dict:
+    """What every bundled head promises; returns its metadata for the method's own checks.
+
+    A small bundled component of the manifest's size, in cosal's head format, made for the method's
+    backbone (id and sha256), trained by `cosal train --method <method>` on the shipped split, and
+    keeping the epoch with the best validation S-measure.
+    """
+    import hashlib
+
+    from cosal_cli.models.heads import HEAD_FORMAT, load_head
+
+    roles = hub.manifest.roles(method)
+    head_component = hub.manifest.component(roles["head"])
+    backbone_component = hub.manifest.component(roles["backbone"])
+    assert head_component.source.kind == "bundled"
+    assert head.stat().st_size == head_component.size < max_bytes
+
+    metadata = load_head(head, method).metadata
+    assert metadata["format"] == HEAD_FORMAT
+    assert metadata["backbone"] == {"component": backbone_component.id, "sha256": backbone_component.sha256}
+    split = REPO / "training" / "splits" / "shared-v1.yaml"
+    assert metadata["training"]["split"]["sha256"] == hashlib.sha256(split.read_bytes()).hexdigest()
+    assert metadata["training"]["command"].startswith(f"cosal train --method {method}")
+    kept = metadata["validation"]["kept"]
+    assert kept in metadata["validation"]["history"]
+    assert kept["sm"] == max(entry["sm"] for entry in metadata["validation"]["history"])
+    return metadata
+
