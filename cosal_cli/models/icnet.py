@@ -1,0 +1,161 @@
+"""ICNet (Jin, Xu, Cheng, Zhang, Guo, NeurIPS 2020) in the official module layout (blanclist/ICNet).
+
+Key names follow the official code so that ``ICNet_vgg16.pth`` (190 keys) loads with ``strict=True``;
+the reference is ``../shared/reference/architectures.md`` section 3. Work in progress for issue 6:
+the network and its keys; the method, SISM generators, import and training come next.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: torchvision ``vgg16().features`` slice ends: conv1_2 (no pool), then each block starting with its pool.
+VGG_SLICES = {"conv1_2": (0, 4), "conv2_2": (4, 9), "conv3_3": (9, 16), "conv4_3": (16, 23), "conv5_3": (23, 30)}
+INPUT_SIZE = 224  # fixed by the Co6/Co5/Co4 weight shapes: in_channels = (224/32)^2, (224/16)^2, (224/8)^2
+
+
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+
+class VGG16(nn.Module):
+    """``vgg`` = the 31 layers of torchvision's ``features`` in a ModuleList (keys ``vgg.0.weight`` ...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_channels = 3
+        for item in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"):
+            if item == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(in_channels, item, 3, padding=1), nn.ReLU(inplace=True)]
+                in_channels = item
+        self.vgg = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        start, end = VGG_SLICES[name]
+        for layer in self.vgg[start:end]:
+            x = layer(x)
+        return x
+
+
+class Res(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.conv(x))
+
+
+class Prediction(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.pred = nn.Sequential(nn.Conv2d(channels, 1, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pred(x)
+
+
+class CosalSubModule(nn.Module):
+    """SIVs, the correlation fusion (CSA), self-correlation features rearranged by the CSA (section 3.4)."""
+
+    def __init__(self, height: int, width: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(height * width, 128, 1), Res(128))
+
+    def forward(self, feats: torch.Tensor, sisms: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = feats.shape
+        saliency = _resize(sisms, (h, w))
+        nfs = F.normalize(feats, dim=1)
+        sivs = F.normalize((nfs * saliency).mean(dim=(2, 3), keepdim=True), dim=1)  # [N, C, 1, 1]
+        corr = F.normalize(F.conv2d(nfs, sivs).view(n, n, h * w), dim=2)  # [N, N, hw]
+        weights = torch.softmax((corr @ corr.transpose(1, 2)).sum(dim=2), dim=1)  # [N, N]
+        csa = (corr * weights.unsqueeze(2)).sum(dim=1)  # [N, hw]
+        low, high = csa.min(dim=1, keepdim=True).values, csa.max(dim=1, keepdim=True).values
+        csa = (csa - low) / (high - low + 1e-12)
+        flat = nfs.view(n, c, h * w)
+        scf = (flat.transpose(1, 2) @ flat).view(n, h * w, h, w)  # channel k: pixel k against all pixels
+        order = csa.argsort(dim=1, descending=True)
+        rscf = scf.gather(1, order.view(n, h * w, 1, 1).expand(-1, -1, h, w))
+        return self.conv(rscf * csa.view(n, 1, h, w))
+
+
+class CosalModule(nn.Module):
+    def __init__(self, height: int, width: int) -> None:
+        super().__init__()
+        self.cosal_feat = CosalSubModule(height, width)  # shared by the foreground and background branches
+        self.conv = nn.Sequential(nn.Conv2d(256, 128, 1), Res(128))
+
+    def forward(self, feats: torch.Tensor, sisms: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([self.cosal_feat(feats, sisms), self.cosal_feat(feats, 1 - sisms)], dim=1))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.cmprs = nn.Conv2d(in_channels, 32, 1)
+        self.merge_conv = nn.Sequential(
+            nn.Conv2d(96, 96, 3, padding=1), nn.BatchNorm2d(96), nn.ReLU(inplace=True),
+            nn.Conv2d(96, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
+        )  # fmt: skip
+        self.pred = Prediction(32)
+
+    def forward(self, low_level, cosal_map, sisms, old_feats) -> tuple[torch.Tensor, torch.Tensor]:
+        size = low_level.shape[-2:]
+        cmprs = self.cmprs(low_level)
+        merged = torch.cat([cmprs * _resize(cosal_map, size), cmprs * _resize(sisms, size), _resize(old_feats, size)], 1)
+        feats = self.merge_conv(merged)
+        return feats, self.pred(feats)
+
+
+class ICNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.vgg = VGG16()
+        self.conv6_cmprs = nn.Sequential(
+            nn.MaxPool2d(2, 2), nn.Conv2d(512, 128, 1),
+            nn.Conv2d(128, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+            nn.Conv2d(128, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+            nn.Conv2d(128, 128, 3, padding=1),
+        )  # fmt: skip
+        self.conv5_cmprs = nn.Conv2d(512, 256, 1)
+        self.conv4_cmprs = nn.Conv2d(512, 256, 1)
+        self.Co6 = CosalModule(7, 7)
+        self.Co5 = CosalModule(14, 14)
+        self.Co4 = CosalModule(28, 28)
+        self.merge_co_56 = Res(128)
+        self.merge_co_45 = nn.Sequential(Res(128), nn.Conv2d(128, 32, 1))
+        self.get_pred_4 = Prediction(32)
+        self.refine_3 = DecoderBlock(256)
+        self.refine_2 = DecoderBlock(128)
+        self.refine_1 = DecoderBlock(64)
+
+    def forward(self, images: torch.Tensor, sisms: torch.Tensor, training: bool = False):
+        """(N, 3, 224, 224) ImageNet-normalised group and (N, 1, 224, 224) SISMs to the final map (or 4 maps)."""
+        if tuple(images.shape[-2:]) != (INPUT_SIZE, INPUT_SIZE):
+            raise ValueError(f"ICNet's weights fix the input at {INPUT_SIZE}x{INPUT_SIZE}, got {tuple(images.shape[-2:])}")
+        conv1_2 = self.vgg(images, "conv1_2")
+        conv2_2 = self.vgg(conv1_2, "conv2_2")
+        conv3_3 = self.vgg(conv2_2, "conv3_3")
+        conv4_3 = self.vgg(conv3_3, "conv4_3")
+        conv5_3 = self.vgg(conv4_3, "conv5_3")
+        cosal_6 = self.Co6(self.conv6_cmprs(conv5_3), sisms)
+        cosal_5 = self.Co5(self.conv5_cmprs(conv5_3), sisms)
+        cosal_4 = self.Co4(self.conv4_cmprs(conv4_3), sisms)
+        feat_56 = self.merge_co_56(cosal_5 + _resize(cosal_6, cosal_5.shape[-2:]))
+        feat_45 = self.merge_co_45(cosal_4 + _resize(feat_56, cosal_4.shape[-2:]))
+        map_4 = self.get_pred_4(feat_45)
+        feat_34, map_3 = self.refine_3(conv3_3, map_4, sisms, feat_45)  # all three gated by the 28x28 map_4
+        feat_23, map_2 = self.refine_2(conv2_2, map_4, sisms, feat_34)
+        _, map_1 = self.refine_1(conv1_2, map_4, sisms, feat_23)
+        if not training:
+            return map_1
+        size = images.shape[-2:]
+        return [_resize(map_4, size), _resize(map_3, size), _resize(map_2, size), map_1]

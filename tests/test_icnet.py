@@ -1,0 +1,37 @@
+"""ICNet in the official layout (work in progress, issue 6): keys and shapes of ICNet_vgg16.pth."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cosal_cli.models.icnet import ICNet
+
+
+def test_keys_and_sizes_match_the_official_checkpoint():
+    state = ICNet().state_dict()
+    assert len(state) == 190
+    floats = sum(value.numel() for key, value in state.items() if not key.endswith("num_batches_tracked"))
+    assert floats == 18_435_396  # section 3.7: the float values, besides 16 BatchNorm step counters
+    assert sum(key.endswith("num_batches_tracked") for key in state) == 16
+    assert state["vgg.vgg.28.weight"].shape == (512, 512, 3, 3)
+    assert state["Co6.cosal_feat.conv.0.weight"].shape == (128, 49, 1, 1)
+    assert state["Co5.cosal_feat.conv.0.weight"].shape == (128, 196, 1, 1)
+    assert state["Co4.cosal_feat.conv.0.weight"].shape == (128, 784, 1, 1)
+    assert state["conv6_cmprs.8.weight"].shape == (128, 128, 3, 3) and "conv6_cmprs.6.running_var" in state
+    assert state["merge_co_45.1.weight"].shape == (32, 128, 1, 1)
+    assert state["refine_1.cmprs.weight"].shape == (32, 64, 1, 1)
+    assert state["refine_3.merge_conv.4.running_mean"].shape == (32,)
+    assert state["refine_2.pred.pred.0.weight"].shape == (1, 32, 1, 1)
+
+
+def test_a_group_gives_one_map_per_image_and_other_sizes_are_refused():
+    torch.manual_seed(0)
+    model = ICNet().eval()
+    with torch.no_grad():
+        maps = model(torch.randn(3, 3, 224, 224), torch.rand(3, 1, 224, 224))
+        deep = model(torch.randn(3, 3, 224, 224), torch.rand(3, 1, 224, 224), training=True)
+    assert maps.shape == (3, 1, 224, 224) and 0 <= float(maps.min()) and float(maps.max()) <= 1
+    assert [tuple(m.shape) for m in deep] == [(3, 1, 224, 224)] * 4
+    with pytest.raises(ValueError, match="224x224"):
+        model(torch.randn(1, 3, 256, 256), torch.rand(1, 1, 256, 256))
