@@ -69,6 +69,7 @@ CONVERTERS: Mapping[str, str | None] = {
     "torch-state-dict": "cosal_cli.models.convert:convert_torch_state_dict",
     "gicd-ginet": "cosal_cli.models.gicd:convert_ginet",
     "torchvision-vgg16": "cosal_cli.models.gicd:convert_co_classifier",
+    "icnet": "cosal_cli.models.icnet:convert_icnet",
 }
 
 ProgressCallback = Callable[[str, int, "int | None"], None]

@@ -35,3 +35,26 @@ def test_a_group_gives_one_map_per_image_and_other_sizes_are_refused():
     assert [tuple(m.shape) for m in deep] == [(3, 1, 224, 224)] * 4
     with pytest.raises(ValueError, match="224x224"):
         model(torch.randn(1, 3, 256, 256), torch.rand(1, 1, 256, 256))
+
+
+def test_the_official_file_imports_and_other_sizes_are_named(tmp_path):
+    from cosal_cli.hub import WeightHub
+    from cosal_cli.models import icnet
+
+    state = ICNet().state_dict()
+    wrapped = tmp_path / "ICNet_vgg16.pth"
+    torch.save({"state_dict": state, "optimizer": {}}, wrapped)  # a training checkpoint: state_dict unwrapped
+    hub = WeightHub(home=tmp_path / "home")
+    record = hub.import_file("icnet-official", wrapped)
+    assert hub.verify(hub.manifest.component("icnet-official")).state == "ok"
+    from safetensors.torch import load_file
+
+    loaded = load_file(record.path)
+    assert set(loaded) == set(state) and torch.equal(loaded["Co4.cosal_feat.conv.0.weight"], state["Co4.cosal_feat.conv.0.weight"])
+    ICNet().load_state_dict(loaded, strict=True)
+
+    other = dict(state)
+    other["Co6.cosal_feat.conv.0.weight"] = torch.zeros(128, 64, 1, 1)  # the 256-input copy: 8x8 at stride 32
+    torch.save(other, tmp_path / "icnet256.pth")
+    with pytest.raises(ValueError, match=r"ICNet for 256x256 input"):
+        icnet.convert_icnet(tmp_path / "icnet256.pth")

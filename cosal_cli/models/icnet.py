@@ -159,3 +159,25 @@ class ICNet(nn.Module):
             return map_1
         size = images.shape[-2:]
         return [_resize(map_4, size), _resize(map_3, size), _resize(map_2, size), map_1]
+
+
+def convert_icnet(path) -> dict[str, torch.Tensor]:
+    """``ICNet_vgg16.pth`` (``{'state_dict': ...}`` or bare) loaded with ``weights_only=True``, checked strictly.
+
+    A checkpoint for another input size (the fps-collection copy uses 256) is named as such: the Co
+    modules' first conv takes (size/32)^2, (size/16)^2 and (size/8)^2 channels.
+    """
+    from cosal_cli.models.convert import check_state_dict, convert_torch_state_dict
+
+    state = convert_torch_state_dict(path)
+    key = "Co6.cosal_feat.conv.0.weight"
+    found = next((value for name, value in state.items() if name.removeprefix("module.") == key), None)
+    if found is not None and found.ndim == 4 and found.shape[1] != (INPUT_SIZE // 32) ** 2:
+        side = round(found.shape[1] ** 0.5) * 32
+        raise ValueError(
+            f"{path.name} is an ICNet for {side}x{side} input ({key} takes {found.shape[1]} channels, "
+            f"{(INPUT_SIZE // 32) ** 2} at {INPUT_SIZE}); the official release, which cosal runs, is for {INPUT_SIZE}x{INPUT_SIZE}"
+        )
+    with torch.device("meta"):
+        model = ICNet()
+    return check_state_dict(state, model, path.name)
