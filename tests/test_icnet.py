@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from cosal_cli.models.icnet import ICNet
+from cosal_cli.models.vgg import imagenet_normalise
+
+from .conftest import EXAMPLES
 
 
 def test_keys_and_sizes_match_the_official_checkpoint():
@@ -58,3 +63,27 @@ def test_the_official_file_imports_and_other_sizes_are_named(tmp_path):
     torch.save(other, tmp_path / "icnet256.pth")
     with pytest.raises(ValueError, match=r"ICNet for 256x256 input"):
         icnet.convert_icnet(tmp_path / "icnet256.pth")
+
+
+@pytest.mark.weights
+def test_icnet_official_runs_imported_weights_with_sod_sisms(real_weights, tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from cosal_cli.hub import WeightHub
+    from cosal_cli.methods.icnet_official import Method
+
+    real_weights("vgg16-imagenet")
+    torch.manual_seed(0)
+    torch.save(ICNet().state_dict(), tmp_path / "ICNet_vgg16.pth")
+    record = WeightHub(home=tmp_path / "home").import_file("icnet-official", tmp_path / "ICNet_vgg16.pth")
+    method = Method({"icnet": Path(record.path)}, torch.device("cpu"))
+    files = sorted((EXAMPLES / "Image" / "cat").glob("*.jpg"))[:3]
+    pixels = np.stack([np.asarray(Image.open(f).convert("RGB").resize((224, 224), Image.BILINEAR)) for f in files])
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    with torch.inference_mode():
+        maps = method.predict_group(images)
+        sisms = method.sism.predict_group(images)[:, None]
+        direct = method.model(imagenet_normalise(images), sisms)[:, 0]
+    assert maps.shape == (3, 224, 224)
+    torch.testing.assert_close(maps, direct)

@@ -52,6 +52,14 @@ CARDS: dict[str, MethodCard] = {
             module="cosal_cli.methods.gicd",
         ),
         MethodCard(
+            name="icnet-official",
+            paper="Jin, Xu, Cheng, Zhang, Guo. ICNet: Intra-saliency Correlation Network for Co-Saliency Detection. "
+            "NeurIPS 2020 (official weights, imported by the user)",
+            summary="single-image saliency vectors correlated across the group; work in progress (issue 6)",
+            module="cosal_cli.methods.icnet_official",
+            sism="sod",
+        ),
+        MethodCard(
             name="sod",
             paper="cosal's single-image baseline: frozen VGG-16 (relu1_2 ... relu5_3) with a light top-down "
             "decoder, trained with `cosal train` (see training/splits/)",
