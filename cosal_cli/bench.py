@@ -254,9 +254,14 @@ def run(
     device_spec: str = "auto",
     batch_size: int = 8,
     offline: bool = False,
+    options=None,
     download_progress=None,
 ) -> BenchResult:
-    """Run ``methods`` on every dataset and score them together with the ``predictions`` folders."""
+    """Run ``methods`` on every dataset and score them together with the ``predictions`` folders.
+
+    ``options`` (:class:`cosal_cli.methods.base.MethodOptions`: ``--sism``, ``--chunk``) reach the
+    methods that take them; the others run as usual.
+    """
     result = BenchResult(protocol, group_average)
     try:
         for dataset in datasets:
@@ -266,7 +271,7 @@ def run(
                 reporter.problem(problem)
             for method in methods:
                 summary = _detect(dataset, method, output, existing, device_spec, batch_size, offline, reporter,
-                                  download_progress)  # fmt: skip
+                                  download_progress, options)  # fmt: skip
                 reporter.stage(f"{dataset.name}: scoring {method}", len(dataset.items))
                 method_scores = evaluate(dataset, method_output(output, method, dataset), method, protocol, reporter)
                 method_scores.detect = summary
@@ -279,8 +284,10 @@ def run(
     return result
 
 
-def _detect(dataset, method, output, existing, device_spec, batch_size, offline, reporter, download_progress):
+def _detect(dataset, method, output, existing, device_spec, batch_size, offline, reporter, download_progress, options):
     from cosal_cli import pipeline  # torch is only needed when a method runs
+    from cosal_cli.methods import method_class
+    from cosal_cli.methods.base import MethodOptions
 
     groups = [group.image_dir for group in dataset.groups if group.image_dir is not None]
     discovery = io.discover(groups)
@@ -298,6 +305,7 @@ def _detect(dataset, method, output, existing, device_spec, batch_size, offline,
         existing=existing,
         batch_size=batch_size,
         offline=offline,
+        options=options if options and set(options.given()) <= method_class(method).accepts else MethodOptions(),
         reporter=reporter,
         download_progress=download_progress,
     )

@@ -112,6 +112,20 @@ def detect(
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Keep maps that exist (resume a run).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace maps that exist.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass (memory, not results).")] = 8,
+    sism: Annotated[
+        Optional[str],
+        typer.Option("--sism", help="ICNet: the single-image saliency generator, sod or gmr (default: the one the "
+                     "weights were trained with). SISMs are cached per image."),
+    ] = None,
+    sism_dir: Annotated[
+        Optional[Path],
+        typer.Option("--sism-dir", help="ICNet: precomputed SISMs, DIR/<group>/<stem>.png, from any detector."),
+    ] = None,
+    chunk: Annotated[
+        Optional[int],
+        typer.Option("--chunk", min=1, help="ICNet: run each group in sub-groups of N images to bound memory. "
+                     "CHANGES the maps (the consensus is per sub-group); default: the whole group at once."),
+    ] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network for weights.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors (and --json).")] = False,
@@ -137,6 +151,7 @@ def detect(
             existing=existing,
             batch_size=batch_size,
             offline=hub.offline_mode(offline),
+            options=_method_options(sism, sism_dir, chunk),
             reporter=reporter,
             download_progress=_download_progress(progress) if progress else None,
         )
@@ -145,6 +160,23 @@ def detect(
     if not quiet:
         _print_detect_summary(summary)
     raise typer.Exit(int(summary.exit_code))
+
+
+def _method_options(sism: str | None, sism_dir: Path | None, chunk: int | None, bench_methods: list[str] | None = None):
+    """``--sism`` / ``--sism-dir`` / ``--chunk`` as MethodOptions; in bench, some method must take each of them."""
+    from cosal_cli import methods
+    from cosal_cli.methods.base import MethodOptions
+    from cosal_cli.sism import SismChoice
+
+    if sism is not None and sism not in methods.sism_generators():
+        raise UsageError(f"--sism {sism}: not a SISM generator; choose one of {', '.join(methods.sism_generators())}")
+    if sism_dir is not None and not sism_dir.is_dir():
+        raise UsageError(f"--sism-dir {sism_dir}: no such folder (expected DIR/<group>/<stem>.png)")
+    options = MethodOptions(SismChoice(sism, sism_dir), chunk)
+    for flag in options.given() if bench_methods is not None else ():
+        if not any(flag in methods.method_class(name).accepts for name in bench_methods):
+            raise UsageError(f"{flag} applies to none of the methods benchmarked ({', '.join(bench_methods)})")
+    return options
 
 
 class _ConsoleReporter:
@@ -183,7 +215,13 @@ def _progress(quiet: bool, total: int | None, fields: tuple[str, ...] = ()) -> I
     if quiet or not stderr.is_terminal:
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), *fields,
                TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
@@ -265,6 +303,20 @@ def bench(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute maps already in OUTPUT.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
+    sism: Annotated[
+        Optional[str],
+        typer.Option("--sism", help="ICNet: the single-image saliency generator, sod or gmr (default: the one the "
+                     "weights were trained with). SISMs are cached per image."),
+    ] = None,
+    sism_dir: Annotated[
+        Optional[Path],
+        typer.Option("--sism-dir", help="ICNet: precomputed SISMs, DIR/<group>/<stem>.png, from any detector."),
+    ] = None,
+    chunk: Annotated[
+        Optional[int],
+        typer.Option("--chunk", min=1, help="ICNet: run each group in sub-groups of N images to bound memory. "
+                     "CHANGES the maps (the consensus is per sub-group); default: the whole group at once."),
+    ] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network for weights.")] = False,
     report: Annotated[
         Optional[Path], typer.Option("--report", help="Write metrics.json, metrics.csv, per_group.csv, curves.png here.")
@@ -307,6 +359,7 @@ def bench(
             device_spec=device,
             batch_size=batch_size,
             offline=hub.offline_mode(offline),
+            options=_method_options(sism, sism_dir, chunk, method_names),
             download_progress=_download_progress(progress) if progress else None,
         )
     if report is not None:
@@ -444,7 +497,15 @@ def train(
         float, typer.Option(min=0.0, max=1.0, help="Fraction of images given a pasted object of another group.")
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the head's initialisation and of every batch.")] = 0,
+    sism: Annotated[
+        Optional[str],
+        typer.Option("--sism", help="ICNet: the SISM generator to train with (sod or gmr); use the same one at test "
+                     "time. Default: sod."),
+    ] = None,
     val_limit: Annotated[int, typer.Option(min=0, help="Held-out images per group validated each epoch (0: all).")] = 24,
+    per_group: Annotated[
+        int, typer.Option(min=0, help="Train on at most N images of each group, evenly spaced (0: all).")
+    ] = 0,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Batches between checkpoints.")] = 50,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT's checkpoint.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (CUDA trains in bf16 autocast).")] = "auto",
@@ -474,8 +535,8 @@ def train(
         torch.set_num_threads(threads)
     settings = TrainSettings(
         method=method, data=list(data), split=load_split(split), output=output, epochs=epochs, lr=lr,
-        sampler=sampler, val_limit=val_limit, checkpoint_every=checkpoint_every, device=device, resume=resume,
-        offline=hub.offline_mode(offline),
+        sampler=sampler, val_limit=val_limit, per_group=per_group, checkpoint_every=checkpoint_every, device=device, resume=resume,
+        offline=hub.offline_mode(offline), config={"sism": sism} if sism is not None else {},
     )  # fmt: skip
     with _progress(quiet, None, TRAIN_COLUMNS) as progress:
         metadata = run_training(settings, _TrainConsoleReporter(progress, quiet))
@@ -738,9 +799,11 @@ IMPORT_EPILOG = (
 @weights_app.command("import", epilog=IMPORT_EPILOG)
 @_handle_errors
 def weights_import(
-    importer: Annotated[str, typer.Argument(help="Whose files: gicd.", show_default=False)],
+    importer: Annotated[str, typer.Argument(help="Whose files: gicd or icnet.", show_default=False)],
     path: Annotated[
-        Optional[Path], typer.Argument(help="The main file (gicd: the official gicd_ginet.pth).", show_default=False)
+        Optional[Path],
+        typer.Argument(help="The main file (gicd: the official gicd_ginet.pth; icnet: ICNet_vgg16.pth).",
+                       show_default=False),
     ] = None,
     co_classifier: Annotated[
         Optional[Path],

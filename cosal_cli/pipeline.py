@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +24,8 @@ from cosal_cli import __version__, methods
 from cosal_cli.errors import ExitCode, UsageError, first_line
 from cosal_cli.hub import ProgressCallback, WeightHub
 from cosal_cli.io import Discovery, Group, ImageFile, InputError, Problem, load_rgb, write_map
+from cosal_cli.methods.base import MethodOptions
+from cosal_cli.sism import GroupImages
 
 EXISTING_POLICIES = ("error", "skip", "overwrite")
 
@@ -181,6 +183,7 @@ def run(
     existing: str = "error",
     batch_size: int = 8,
     offline: bool = False,
+    options: MethodOptions | None = None,
     reporter: Reporter,
     download_progress: ProgressCallback | None = None,
 ) -> Summary:
@@ -206,8 +209,10 @@ def run(
     method = None
     if pending:  # weights are only needed (and fetched) when there is work
         tick = time.perf_counter()
-        method = load_method(method_name, device, batch_size, offline, download_progress)
+        method = load_method(method_name, device, batch_size, offline, download_progress, options)
         summary.timings["weights_s"] = time.perf_counter() - tick
+        for message in method.notices:
+            _record_notice(summary, reporter, message)
     try:
         _run_groups(discovery.groups, pending, method, output_dir, existing, summary, reporter)
     except KeyboardInterrupt:
@@ -222,9 +227,23 @@ def load_method(
     batch_size: int = 8,
     offline: bool = False,
     progress: ProgressCallback | None = None,
+    options: MethodOptions | None = None,
 ) -> methods.base.Method:
-    """A ready method with its verified weights; also how a method gets its SISM generator."""
-    return methods.method_class(name)(_resolve_roles(name, offline, progress), device, batch_size=batch_size)
+    """A ready method with its verified weights; also how a method gets its SISM generator.
+
+    Options the method does not understand are a usage error (``--sism`` for a method without SISMs).
+    """
+    method_class = methods.method_class(name)
+    options = replace(options or MethodOptions(), offline=offline)
+    unknown = [flag for flag in options.given() if flag not in method_class.accepts]
+    if unknown:
+        takers = [other for other in methods.CARDS if set(unknown) <= methods.method_class(other).accepts]
+        verb = "does" if len(unknown) == 1 else "do"
+        raise UsageError(
+            f"{' and '.join(unknown)} {verb} not apply to method {name!r}"
+            + (f"; methods that take {' and '.join(unknown)}: {', '.join(takers)}" if takers else "")
+        )
+    return method_class(_resolve_roles(name, offline, progress), device, batch_size=batch_size, options=options)
 
 
 def _resolve_roles(method_name: str, offline: bool, progress: ProgressCallback | None) -> dict[str, Path]:
@@ -340,7 +359,8 @@ def _process_group(group, decoded: DecodedGroup, method, output_dir, existing, s
         _fail(report, problem, summary, reporter)
     if decoded.pixels is not None:
         try:
-            maps = _predict(method, decoded.pixels, summary)
+            sources = GroupImages(group.name, tuple(image.output_name.removesuffix(".png") for image in decoded.images))
+            maps = _predict(method, decoded.pixels, sources, summary)
         except (RuntimeError, ValueError) as exc:  # out of memory, numerical trouble: this group only
             for image in decoded.images:
                 message = f"{method.name} failed on group {group.name}: {first_line(exc)}"
@@ -350,12 +370,12 @@ def _process_group(group, decoded: DecodedGroup, method, output_dir, existing, s
     _finish_group(report, started, summary, reporter)
 
 
-def _predict(method, pixels: np.ndarray, summary: Summary) -> torch.Tensor:
+def _predict(method, pixels: np.ndarray, sources: GroupImages, summary: Summary) -> torch.Tensor:
     tick = time.perf_counter()
     try:
         batch = torch.from_numpy(pixels).to(method.device).permute(0, 3, 1, 2).float().div_(255.0)
         with torch.inference_mode(method.inference_mode):
-            maps = method.predict_group(batch)
+            maps = method.predict_group(batch, sources)
         maps = maps.detach().float().cpu()
     finally:
         summary.timings["compute_s"] += time.perf_counter() - tick

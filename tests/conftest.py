@@ -59,6 +59,27 @@ def real_source(real_hub, real_weights):
     return get
 
 
+@pytest.fixture
+def linked_home(tmp_path, monkeypatch, real_weights):
+    """``linked_home("vgg16-imagenet")``: a fresh COSAL_HOME linking the real cache's verified weights.
+
+    For tests that write into the cache (SISMs, imports) without touching the user's.
+    """
+    home = tmp_path / "linked-home"
+    (home / "weights").mkdir(parents=True)
+
+    def link(*component_ids: str) -> Path:
+        for component_id in component_ids:
+            path = real_weights(component_id)
+            if not (home / "weights" / path.name).exists():
+                (home / "weights" / path.name).symlink_to(path)
+        monkeypatch.setenv("COSAL_HOME", str(home))
+        monkeypatch.delenv("COSAL_MANIFEST", raising=False)
+        return home
+
+    return link
+
+
 def _skip_or_fail(message: str) -> None:
     if os.environ.get("COSAL_REQUIRE_WEIGHTS") == "1":
         pytest.fail(message)
@@ -77,13 +98,13 @@ class BrightnessMethod(Method):
     roles = ("backbone",)
     input_size = 32
 
-    def __init__(self, weights, device, batch_size=8):
-        super().__init__(weights, device, batch_size)
+    def __init__(self, weights, device, batch_size=8, options=None):
+        super().__init__(weights, device, batch_size, options)
         from safetensors.torch import load_file
 
         self.gain = load_file(str(weights["backbone"]))["gain"].to(device)
 
-    def predict_group(self, images):
+    def predict_group(self, images, sources=None):
         return (images.mean(dim=1) * self.gain).clamp(0, 1)
 
 

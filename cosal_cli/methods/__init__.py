@@ -52,10 +52,20 @@ CARDS: dict[str, MethodCard] = {
             module="cosal_cli.methods.gicd",
         ),
         MethodCard(
+            name="icnet",
+            paper="Jin, Xu, Cheng, Zhang, Guo. ICNet: Intra-saliency Correlation Network for Co-Saliency Detection. "
+            "NeurIPS 2020; cosal's weights: ICNet's head trained with `cosal train` on the frozen VGG-16 with sod SISMs",
+            summary="single-image saliency vectors correlated across the group; pixels re-ranked by co-saliency "
+            "attention; --sism sod|gmr or --sism-dir DIR",
+            module="cosal_cli.methods.icnet",
+            sism="sod",
+        ),
+        MethodCard(
             name="icnet-official",
             paper="Jin, Xu, Cheng, Zhang, Guo. ICNet: Intra-saliency Correlation Network for Co-Saliency Detection. "
             "NeurIPS 2020 (official weights, imported by the user)",
-            summary="single-image saliency vectors correlated across the group; work in progress (issue 6)",
+            summary="the official ICNet; import it with `cosal weights import icnet`; trained on EGNet SISMs "
+            "(--sism-dir), sod by default",
             module="cosal_cli.methods.icnet_official",
             sism="sod",
         ),

@@ -4,16 +4,41 @@ The pipeline decodes and resizes each image to ``input_size`` x ``input_size`` R
 the whole group to the device as one (N, 3, S, S) tensor, calls :meth:`Method.predict_group`
 once, and resizes each returned map back to its image's original size with
 ``output_interpolation`` before writing it. A method therefore owns only its computation.
+
+Options a user gives on the command line (``--sism``, ``--sism-dir``, ``--chunk``) reach a method as
+:class:`MethodOptions`; a method lists the ones it understands in ``accepts``, and the pipeline
+refuses the others with a usage error rather than ignoring them.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import torch
+
+from cosal_cli.sism import GroupImages, SismChoice
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    sism: SismChoice = field(default_factory=SismChoice)  # --sism NAME / --sism-dir DIR
+    chunk: int | None = None  # --chunk N: run a group in sub-groups of N (changes co-saliency results)
+    offline: bool = False  # for weights a method fetches itself (a SISM generator's)
+
+    def given(self) -> list[str]:
+        """The command-line flags these options stand for."""
+        flags = []
+        if self.sism.generator is not None:
+            flags.append("--sism")
+        if self.sism.directory is not None:
+            flags.append("--sism-dir")
+        if self.chunk is not None:
+            flags.append("--chunk")
+        return flags
 
 
 class Method(ABC):
@@ -26,17 +51,26 @@ class Method(ABC):
     output_interpolation: ClassVar[str] = "bilinear"
     #: False for methods that need autograd at inference (GICD); the pipeline then leaves grad mode on.
     inference_mode: ClassVar[bool] = True
+    #: Command-line options this method understands (flags of :meth:`MethodOptions.given`).
+    accepts: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, weights: Mapping[str, Path], device: torch.device, batch_size: int = 8):
+    def __init__(
+        self, weights: Mapping[str, Path], device: torch.device, batch_size: int = 8, options: MethodOptions | None = None
+    ):
         self.device = device
         self.batch_size = max(1, batch_size)
+        self.options = options or MethodOptions()
+        #: Remarks for the user about this run (e.g. a SISM generator other than the one trained with).
+        self.notices: list[str] = []
 
     @abstractmethod
-    def predict_group(self, images: torch.Tensor) -> torch.Tensor:
+    def predict_group(self, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
         """(N, 3, S, S) RGB in [0, 1] on ``self.device`` to (N, h, w) maps in [0, 1].
 
         The whole group comes in one call because the result of every co-saliency method depends on
         the other images of the group; a method bounds its own memory with ``self.batch_size``.
+        ``sources`` names the group and the images' stems (for SISMs read from a folder); it is None
+        when the images come from elsewhere (training, validation).
         """
 
 
@@ -52,11 +86,15 @@ class TrainableMethod(Method):
     roles = ("backbone", "head")
     #: Loss of the method's paper (:data:`cosal_cli.training.losses.LOSSES`).
     loss: ClassVar[str] = "soft-iou"
+    #: True when layer shapes fix the input size (ICNet): training crops must be ``input_size`` too.
+    fixed_input: ClassVar[bool] = False
 
-    def __init__(self, weights: Mapping[str, Path], device: torch.device, batch_size: int = 8):
+    def __init__(
+        self, weights: Mapping[str, Path], device: torch.device, batch_size: int = 8, options: MethodOptions | None = None
+    ):
         from cosal_cli.models.heads import load_head
 
-        super().__init__(weights, device, batch_size)
+        super().__init__(weights, device, batch_size, options)
         head = load_head(weights["head"], self.name)
         network = self.build_network(weights["backbone"], head.config)
         network.head.load_state_dict(head.tensors, strict=True)
@@ -74,3 +112,7 @@ class TrainableMethod(Method):
     @abstractmethod
     def build_network(cls, backbone: Path, config: Mapping | None = None) -> torch.nn.Module:
         """The network with the backbone weights loaded and a freshly initialised head."""
+
+    @classmethod
+    def prepare_training(cls, network: torch.nn.Module, device: torch.device, offline: bool) -> None:
+        """Whatever the network needs at training time beyond its weights (ICNet: its SISM generator)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from cosal_cli.methods import base
+from cosal_cli.sism import GroupImages
 from cosal_cli.models.vgg import VGG16Features, imagenet_normalise
 from cosal_cli.refine.admm import AdmmSettings, co_salient_masks
 
@@ -23,8 +24,10 @@ class Method(base.Method):
     input_size = 224
     output_interpolation = "bicubic"  # the paper resizes its masks bicubically
 
-    def __init__(self, weights: Mapping[str, Path], device: torch.device, batch_size: int = 8):
-        super().__init__(weights, device, batch_size)
+    def __init__(
+        self, weights: Mapping[str, Path], device: torch.device, batch_size: int = 8, options: base.MethodOptions | None = None
+    ):
+        super().__init__(weights, device, batch_size, options)
         self.backbone = VGG16Features.from_file(weights["backbone"]).to(device)
         self.settings = AdmmSettings()
 
@@ -36,6 +39,6 @@ class Method(base.Method):
         ]
         return torch.cat(chunks)
 
-    def predict_group(self, images: torch.Tensor) -> torch.Tensor:
+    def predict_group(self, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
         # The ADMM is a 512 x 512 float64 problem: cheaper on the CPU than a round trip of kernels.
         return co_salient_masks(self.features(images).cpu(), self.settings)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from cosal_cli.methods import base
+from cosal_cli.sism import GroupImages
 from cosal_cli.models.efficientnet_lite import EfficientNetLite0
 from cosal_cli.models.gicd_lite import GicdLite
 
@@ -27,5 +28,5 @@ class Method(base.TrainableMethod):
     def build_network(cls, backbone: Path, config: Mapping | None = None) -> GicdLite:
         return GicdLite(EfficientNetLite0.from_file(backbone), config)
 
-    def predict_group(self, images: torch.Tensor) -> torch.Tensor:
+    def predict_group(self, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
         return self.network.predict_group(images, chunk=self.batch_size)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from cosal_cli.methods import base
+from cosal_cli.sism import GroupImages
 from cosal_cli.models.convert import load_state_dict_file
 from cosal_cli.models.gicd import GICD
 from cosal_cli.models.vgg import imagenet_normalise
@@ -26,13 +27,15 @@ class Method(base.Method):
     output_interpolation = "bilinear-official"  # maps equal to the official test's, to the 8-bit level
     inference_mode = False  # the GIM takes a gradient
 
-    def __init__(self, weights: Mapping[str, Path], device: torch.device, batch_size: int = 8):
-        super().__init__(weights, device, batch_size)
+    def __init__(
+        self, weights: Mapping[str, Path], device: torch.device, batch_size: int = 8, options: base.MethodOptions | None = None
+    ):
+        super().__init__(weights, device, batch_size, options)
         model = GICD(chunk=self.batch_size)
         model.ginet.load_state_dict(load_state_dict_file(weights["ginet"]), strict=True)
         model.co_classifier.load_state_dict(load_state_dict_file(weights["co_classifier"]), strict=True)
         self.model = model.to(device).eval().requires_grad_(False)
 
-    def predict_group(self, images: torch.Tensor) -> torch.Tensor:
+    def predict_group(self, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
         with torch.no_grad():  # GINet.induce turns autograd on for the gradient alone
             return self.model.predict_group(imagenet_normalise(images))

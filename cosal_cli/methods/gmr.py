@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from cosal_cli.methods import base
+from cosal_cli.sism import GroupImages
 from cosal_cli.refine.manifold_ranking import gmr_saliency
 
 
@@ -21,7 +22,7 @@ class Method(base.Method):
     input_size = 256
     output_interpolation = "bilinear"  # the map is piecewise constant per superpixel; bicubic would ring
 
-    def predict_group(self, images: torch.Tensor) -> torch.Tensor:
+    def predict_group(self, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
         from threadpoolctl import threadpool_limits
 
         pixels = images.permute(0, 2, 3, 1).detach().cpu().double().numpy()

@@ -1,8 +1,10 @@
-"""``icnet-official``: ICNet with the authors' weights, imported by the user (work in progress, issue 6).
+"""``icnet-official``: ICNet with the authors' weights, imported by the user.
 
 ``cosal weights import icnet ICNet_vgg16.pth`` checks and converts the official file; this method
-runs it as the official test does: the whole group as one batch, 224 x 224 input with ImageNet
-normalisation, one SISM per image from the card's SISM generator (``sod`` until ``--sism`` exists).
+runs it as the official test does: the whole group as one batch (``--chunk N`` splits it, which
+changes the maps), 224 x 224 input with ImageNet normalisation, one SISM per image. The release was
+trained with EGNet SISMs: for its published numbers pass EGNet's maps with ``--sism-dir``; the
+default is cosal's ``sod``.
 """
 
 from __future__ import annotations
@@ -12,28 +14,44 @@ from pathlib import Path
 
 import torch
 
+from cosal_cli import sism
 from cosal_cli.methods import base
+from cosal_cli.methods.icnet import OPTIONS
+from cosal_cli.models import icnet
 from cosal_cli.models.convert import load_state_dict_file
 from cosal_cli.models.icnet import ICNet
 from cosal_cli.models.vgg import imagenet_normalise
+from cosal_cli.sism import GroupImages
 
-SISM_GENERATOR = "sod"
+DEFAULT_SISM = "sod"
 
 
 class Method(base.Method):
     name = "icnet-official"
     roles = ("icnet",)
     input_size = 224
+    accepts = OPTIONS
 
-    def __init__(self, weights: Mapping[str, Path], device: torch.device, batch_size: int = 8):
-        from cosal_cli.pipeline import load_method
-
-        super().__init__(weights, device, batch_size)
+    def __init__(
+        self, weights: Mapping[str, Path], device: torch.device, batch_size: int = 8, options: base.MethodOptions | None = None
+    ):
+        super().__init__(weights, device, batch_size, options)
         model = ICNet()
         model.load_state_dict(load_state_dict_file(weights["icnet"]), strict=True)
         self.model = model.to(device).eval()
-        self.sism = load_method(SISM_GENERATOR, device, batch_size)
+        self.sisms = sism.open_source(self.options.sism, DEFAULT_SISM, device, batch_size, self.options.offline)
+        if self.options.sism.directory is None:
+            self.notices.append(
+                f"icnet-official was trained with EGNet SISMs; these maps use {self.sisms.name}'s "
+                "(pass EGNet maps with --sism-dir to reproduce the paper's setting)"
+            )
 
-    def predict_group(self, images: torch.Tensor) -> torch.Tensor:
-        sisms = self.sism.predict_group(images)[:, None]  # (N, 1, 224, 224) in [0, 1]
-        return self.model(imagenet_normalise(images), sisms)[:, 0]  # the whole group at once, as the official test
+    def predict_group(self, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
+        def encode(part: torch.Tensor) -> list[torch.Tensor]:
+            return self.model.encode(imagenet_normalise(part))
+
+        def run(part: torch.Tensor, sisms: torch.Tensor) -> torch.Tensor:
+            # the official test's single batch, computed in memory bounded by --batch-size (same maps)
+            return icnet.predict_group(self.model, encode, part, sisms, self.batch_size)
+
+        return sism.predict_in_chunks(images, sources, self.options.chunk, self.sisms, run)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from cosal_cli.methods import base
+from cosal_cli.sism import GroupImages
 from cosal_cli.models.sod import SaliencyNetwork
 from cosal_cli.models.vgg import VGG16Features
 
@@ -26,6 +27,6 @@ class Method(base.TrainableMethod):
     def build_network(cls, backbone: Path, config: Mapping | None = None) -> SaliencyNetwork:
         return SaliencyNetwork(VGG16Features.from_file(backbone), config)
 
-    def predict_group(self, images: torch.Tensor) -> torch.Tensor:
+    def predict_group(self, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
         maps = [torch.sigmoid(self.network(chunk)[0][:, 0]) for chunk in images.split(self.batch_size)]
         return torch.cat(maps)

@@ -1,11 +1,20 @@
 """ICNet (Jin, Xu, Cheng, Zhang, Guo, NeurIPS 2020) in the official module layout (blanclist/ICNet).
 
 Key names follow the official code so that ``ICNet_vgg16.pth`` (190 keys) loads with ``strict=True``;
-the reference is ``../shared/reference/architectures.md`` section 3. Work in progress for issue 6:
-the network and its keys; the method, SISM generators, import and training come next.
+the reference is ``../shared/reference/architectures.md`` section 3.
+
+Everything after the VGG-16 is :class:`IcnetHead`; two networks put a VGG-16 under it:
+
+* :class:`ICNet`, the official network (its own ``vgg.vgg.N`` VGG-16, torchvision input), for
+  ``icnet-official``;
+* :class:`IcnetNetwork`, cosal's ``icnet``: the head trained by ``cosal train --method icnet`` on the
+  frozen, shared ``vgg16-imagenet`` backbone (the one ``sod`` uses).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +71,10 @@ class Prediction(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pred(x)
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The map before its sigmoid (what cosal's training losses take)."""
+        return self.pred[0](x)
+
 
 class CosalSubModule(nn.Module):
     """SIVs, the correlation fusion (CSA), self-correlation features rearranged by the CSA (section 3.4)."""
@@ -112,13 +125,14 @@ class DecoderBlock(nn.Module):
         cmprs = self.cmprs(low_level)
         merged = torch.cat([cmprs * _resize(cosal_map, size), cmprs * _resize(sisms, size), _resize(old_feats, size)], 1)
         feats = self.merge_conv(merged)
-        return feats, self.pred(feats)
+        return feats, self.pred.logits(feats)
 
 
-class ICNet(nn.Module):
+class IcnetHead(nn.Module):
+    """ICNet after the VGG-16: compressions, the three co-saliency modules and the decoder (section 3.5)."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.vgg = VGG16()
         self.conv6_cmprs = nn.Sequential(
             nn.MaxPool2d(2, 2), nn.Conv2d(512, 128, 1),
             nn.Conv2d(128, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
@@ -137,28 +151,124 @@ class ICNet(nn.Module):
         self.refine_2 = DecoderBlock(128)
         self.refine_1 = DecoderBlock(64)
 
-    def forward(self, images: torch.Tensor, sisms: torch.Tensor, training: bool = False):
-        """(N, 3, 224, 224) ImageNet-normalised group and (N, 1, 224, 224) SISMs to the final map (or 4 maps)."""
-        if tuple(images.shape[-2:]) != (INPUT_SIZE, INPUT_SIZE):
-            raise ValueError(f"ICNet's weights fix the input at {INPUT_SIZE}x{INPUT_SIZE}, got {tuple(images.shape[-2:])}")
-        conv1_2 = self.vgg(images, "conv1_2")
-        conv2_2 = self.vgg(conv1_2, "conv2_2")
-        conv3_3 = self.vgg(conv2_2, "conv3_3")
-        conv4_3 = self.vgg(conv3_3, "conv4_3")
-        conv5_3 = self.vgg(conv4_3, "conv5_3")
+    def decode(self, taps: list[torch.Tensor], sisms: torch.Tensor) -> list[torch.Tensor]:
+        """VGG taps (conv1_2 ... conv5_3) and SISMs (N, 1, 224, 224) to logits map_1 (224^2) ... map_4 (28^2)."""
+        conv1_2, conv2_2, conv3_3, conv4_3, conv5_3 = taps
+        feat_45, logits_4 = self.co_saliency(conv4_3, conv5_3, sisms)
+        return self.refine(conv1_2, conv2_2, conv3_3, logits_4, sisms, feat_45) + [logits_4]
+
+    def co_saliency(self, conv4_3: torch.Tensor, conv5_3: torch.Tensor, sisms: torch.Tensor):
+        """The group-wise part: the three co-saliency modules over the whole group; (feat_45, map_4 logits)."""
+        if tuple(conv4_3.shape[-2:]) != (INPUT_SIZE // 8, INPUT_SIZE // 8):
+            side = conv4_3.shape[-1] * 8
+            raise ValueError(f"ICNet's weights fix the input at {INPUT_SIZE}x{INPUT_SIZE}, got {side}x{side}")
         cosal_6 = self.Co6(self.conv6_cmprs(conv5_3), sisms)
         cosal_5 = self.Co5(self.conv5_cmprs(conv5_3), sisms)
         cosal_4 = self.Co4(self.conv4_cmprs(conv4_3), sisms)
         feat_56 = self.merge_co_56(cosal_5 + _resize(cosal_6, cosal_5.shape[-2:]))
         feat_45 = self.merge_co_45(cosal_4 + _resize(feat_56, cosal_4.shape[-2:]))
-        map_4 = self.get_pred_4(feat_45)
-        feat_34, map_3 = self.refine_3(conv3_3, map_4, sisms, feat_45)  # all three gated by the 28x28 map_4
-        feat_23, map_2 = self.refine_2(conv2_2, map_4, sisms, feat_34)
-        _, map_1 = self.refine_1(conv1_2, map_4, sisms, feat_23)
+        return feat_45, self.get_pred_4.logits(feat_45)
+
+    def refine(self, conv1_2, conv2_2, conv3_3, logits_4, sisms, feat_45) -> list[torch.Tensor]:
+        """The per-image part: the decoder, all three blocks gated by the 28x28 map_4; logits map_1 ... map_3."""
+        map_4 = torch.sigmoid(logits_4)
+        feat_34, logits_3 = self.refine_3(conv3_3, map_4, sisms, feat_45)
+        feat_23, logits_2 = self.refine_2(conv2_2, map_4, sisms, feat_34)
+        _, logits_1 = self.refine_1(conv1_2, map_4, sisms, feat_23)
+        return [logits_1, logits_2, logits_3]
+
+
+def predict_group(head: IcnetHead, encode, images: torch.Tensor, sisms: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Final maps (N, 224, 224) in [0, 1] of one group, exactly as one batch, in memory bounded by ``batch_size``.
+
+    ``encode(images)`` gives the five VGG taps. Only the co-saliency modules need the whole group, and
+    they read the two deepest taps (2 MB per image); the decoder works image by image. A group larger
+    than ``batch_size`` is therefore encoded twice: once for conv4_3 / conv5_3 of every image, and again,
+    chunk by chunk, for the decoder's shallow taps, which are never all held at once (25 MB per image).
+    """
+    if len(images) <= batch_size:
+        return torch.sigmoid(head.decode(encode(images), sisms)[0][:, 0])
+    deep = [encode(part)[3:] for part in images.split(batch_size)]
+    feat_45, logits_4 = head.co_saliency(torch.cat([d[0] for d in deep]), torch.cat([d[1] for d in deep]), sisms)
+    del deep
+    maps = []
+    for start in range(0, len(images), batch_size):
+        part = slice(start, start + batch_size)
+        conv1_2, conv2_2, conv3_3 = encode(images[part])[:3]
+        logits_1 = head.refine(conv1_2, conv2_2, conv3_3, logits_4[part], sisms[part], feat_45[part])[0]
+        maps.append(torch.sigmoid(logits_1[:, 0]))
+    return torch.cat(maps)
+
+
+class ICNet(IcnetHead):
+    """The official network: its own VGG-16 (``vgg.vgg.N``) under the head, same keys as ``ICNet_vgg16.pth``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vgg = VGG16()
+
+    def forward(self, images: torch.Tensor, sisms: torch.Tensor, training: bool = False):
+        """(N, 3, 224, 224) ImageNet-normalised group and (N, 1, 224, 224) SISMs to the final map (or 4 maps)."""
+        if tuple(images.shape[-2:]) != (INPUT_SIZE, INPUT_SIZE):
+            raise ValueError(f"ICNet's weights fix the input at {INPUT_SIZE}x{INPUT_SIZE}, got {tuple(images.shape[-2:])}")
+        logits = self.decode(self.encode(images), sisms)
         if not training:
-            return map_1
+            return torch.sigmoid(logits[0])
+        # the official training output: map_4, map_3, map_2 (probabilities resized to 224), map_1
         size = images.shape[-2:]
-        return [_resize(map_4, size), _resize(map_3, size), _resize(map_2, size), map_1]
+        return [_resize(torch.sigmoid(x), size) for x in logits[:0:-1]] + [torch.sigmoid(logits[0])]
+
+    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """ImageNet-normalised images to conv1_2 ... conv5_3."""
+        taps, x = [], images
+        for name in VGG_SLICES:
+            x = self.vgg(x, name)
+            taps.append(x)
+        return taps
+
+
+#: cosal's ICNet head: ``sism`` names the SISM generator it was trained with (the one to use at test time).
+DEFAULT_CONFIG: dict[str, Any] = {"sism": "sod"}
+#: vgg16-imagenet taps that are ICNet's conv1_2 ... conv5_3 (post-ReLU, conv2_2 onwards after a pool).
+BACKBONE_TAPS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
+
+
+class IcnetNetwork(nn.Module):
+    """cosal's ``icnet``: a frozen VGG-16 and a trainable :class:`IcnetHead` (``head``).
+
+    ``forward(images, sisms)`` takes RGB in [0, 1] and SISMs in [0, 1] and returns the logit maps
+    finest first (map_1 at 224^2, then map_2, map_3, map_4), the contract of cosal's trainer. During
+    training the SISMs come from ``sism_source`` (the generator named in ``config["sism"]``), run on
+    exactly the images the head sees, augmented and composited ones included.
+    """
+
+    def __init__(self, backbone: nn.Module, config: Mapping[str, Any] | None = None):
+        super().__init__()
+        self.config = {**DEFAULT_CONFIG, **(config or {})}
+        self.backbone = backbone.eval().requires_grad_(False)
+        self.head = IcnetHead()
+        self.sism_source: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def train(self, mode: bool = True) -> IcnetNetwork:
+        super().train(mode)
+        self.backbone.eval()  # frozen: never in training mode
+        return self
+
+    def forward(self, images: torch.Tensor, sisms: torch.Tensor | None = None) -> list[torch.Tensor]:
+        if sisms is None:
+            if self.sism_source is None:
+                raise ValueError("IcnetNetwork needs SISMs: pass them or set sism_source")
+            with torch.no_grad():
+                sisms = self.sism_source(images)
+        return self.head.decode(self.encode(images), sisms)
+
+    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """RGB in [0, 1] to the frozen VGG-16's conv1_2 ... conv5_3."""
+        from cosal_cli.models.vgg import imagenet_normalise
+
+        with torch.no_grad():  # the backbone is frozen: no activations kept for backward
+            taps = self.backbone(imagenet_normalise(images), taps=BACKBONE_TAPS)
+        return [taps[name] for name in BACKBONE_TAPS]
 
 
 def convert_icnet(path) -> dict[str, torch.Tensor]:

@@ -60,10 +60,12 @@ class TrainSettings:
     lr: float = 1e-3
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
     val_limit: int = 24  # held-out images per group validated after each epoch (0: all of them)
+    per_group: int = 0  # training images per group (0: all of them); a quick run on a slow machine
     checkpoint_every: int = 50
     device: str = "auto"
     resume: bool = False
     offline: bool = False
+    config: dict[str, Any] = field(default_factory=dict)  # the head's hyper-parameters (icnet: {"sism": ...})
 
     @property
     def checkpoint(self) -> Path:
@@ -79,6 +81,8 @@ class TrainSettings:
             "lr": self.lr,
             "sampler": asdict(self.sampler),
             "val_limit": self.val_limit,
+            "per_group": self.per_group,
+            "config": self.config,
         }
 
 
@@ -114,8 +118,9 @@ class TrainData:
 # ----------------------------------------------------------------------------------------------
 
 
-def collect_data(roots: Sequence[Path], split: Split, val_limit: int) -> TrainData:
-    """Training images and (at most ``val_limit`` per group) held-out images of every dataset root."""
+def collect_data(roots: Sequence[Path], split: Split, val_limit: int, per_group: int = 0) -> TrainData:
+    """Training images (at most ``per_group`` per group) and (at most ``val_limit`` per group) held-out
+    images of every dataset root."""
     train: list[TrainImage] = []
     held_out: list[TrainImage] = []
     summary = []
@@ -133,13 +138,17 @@ def collect_data(roots: Sequence[Path], split: Split, val_limit: int) -> TrainDa
         summary.append({"dataset": dataset.name, "groups": len(dataset.groups), **counts})
     if not train:
         raise UsageError(f"split {split.name!r} leaves no training images in {', '.join(map(str, roots))}")
-    return TrainData(train, _validation_subset(held_out, val_limit), summary)
+    if per_group:
+        train = [image for items in _evenly_spaced(train, per_group).values() for image in items]
+        for entry in summary:
+            entry["train_used"] = sum(1 for image in train if image.dataset == entry["dataset"])
+    return TrainData(train, _evenly_spaced(held_out, val_limit), summary)
 
 
-def _validation_subset(held_out: list[TrainImage], limit: int) -> dict[str, list[TrainImage]]:
-    """``limit`` images per held-out group, evenly spaced in stem order (all of them when 0)."""
+def _evenly_spaced(images: list[TrainImage], limit: int) -> dict[str, list[TrainImage]]:
+    """``limit`` images per group, evenly spaced in stem order (all of them when 0)."""
     subset = {}
-    for key, items in by_group(held_out).items():
+    for key, items in by_group(images).items():
         if limit and len(items) > limit:
             items = [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
         subset[key] = items
@@ -157,16 +166,20 @@ def train(settings: TrainSettings, reporter: TrainReporter) -> dict[str, Any]:
     from cosal_cli.pipeline import resolve_device
 
     method_class = trainable_method(settings.method)
+    _check_settings(method_class, settings)
     device = resolve_device(settings.device)
     hub = WeightHub()
     backbone_id = hub.manifest.roles(settings.method)["backbone"]
     backbone = hub.manifest.component(backbone_id)
-    data = collect_data(settings.data, settings.split, settings.val_limit)
+    data = collect_data(settings.data, settings.split, settings.val_limit, settings.per_group)
     for entry in data.summary:
-        reporter.notice(f"{entry['dataset']}: {entry['train']} training and {entry['held-out']} held-out images")
+        used = f" ({entry['train_used']} used, --per-group {settings.per_group})" if "train_used" in entry else ""
+        reporter.notice(f"{entry['dataset']}: {entry['train']} training{used} and {entry['held-out']} held-out images")
 
     torch.manual_seed(settings.sampler.seed)  # the head's initialisation
-    network = method_class.build_network(hub.resolve(backbone_id, offline=settings.offline)).to(device)
+    network = method_class.build_network(hub.resolve(backbone_id, offline=settings.offline), settings.config)
+    network = network.to(device)
+    method_class.prepare_training(network, device, settings.offline)
     optimiser = torch.optim.Adam([p for p in network.head.parameters()], lr=settings.lr)
     state = LoopState()
     if settings.resume:
@@ -233,6 +246,22 @@ def trainable_method(name: str) -> type[TrainableMethod]:
     return method_class
 
 
+def _check_settings(method_class: type[TrainableMethod], settings: TrainSettings) -> None:
+    if settings.config.get("sism") is not None:
+        if "--sism" not in method_class.accepts:
+            raise UsageError(f"--sism does not apply to method {settings.method!r}: it uses no SISMs")
+        if settings.config["sism"] not in methods.sism_generators():
+            raise UsageError(
+                f"--sism {settings.config['sism']}: not a SISM generator; choose one of "
+                f"{', '.join(methods.sism_generators())}"
+            )
+    if method_class.fixed_input and settings.sampler.size != method_class.input_size:
+        raise UsageError(
+            f"--size {settings.sampler.size}: {settings.method}'s layers fix the input at "
+            f"{method_class.input_size}x{method_class.input_size}; add --size {method_class.input_size}"
+        )
+
+
 def _step(network, optimiser, loss_name: str, images: torch.Tensor, targets: torch.Tensor, autocast) -> float:
     """One optimiser step on one sub-group; returns its loss."""
     with autocast:
@@ -280,6 +309,7 @@ def _head_metadata(settings, state: LoopState, backbone, data: TrainData, device
             "steps": state.step,
             "images_seen": state.images,
             "lr": settings.lr,
+            "per_group": settings.per_group,
             "loss": methods.method_class(settings.method).loss,
             "sampler": asdict(settings.sampler),
             "device": str(device),

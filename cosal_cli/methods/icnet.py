@@ -1,0 +1,69 @@
+"""``icnet``: ICNet with cosal's own weights (:class:`cosal_cli.models.icnet.IcnetNetwork`).
+
+ICNet's head (co-saliency modules and decoder, the official layers) trained by
+``cosal train --method icnet`` on the frozen ``vgg16-imagenet`` backbone, with SISMs from the
+generator named in the head's config, and shipped inside the package. The official README's rule
+is to use the same SISM generator at training and test time, so that generator is the default;
+``--sism`` / ``--sism-dir`` choose another one (with a notice). For the authors' weights see
+``icnet-official``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from cosal_cli import sism
+from cosal_cli.methods import base
+from cosal_cli.models import icnet
+from cosal_cli.models.icnet import IcnetNetwork
+from cosal_cli.models.vgg import VGG16Features
+from cosal_cli.sism import GroupImages
+
+OPTIONS = frozenset({"--sism", "--sism-dir", "--chunk"})
+
+
+class Method(base.TrainableMethod):
+    name = "icnet"
+    input_size = 224  # fixed by the Co modules' weight shapes
+    loss = "soft-iou"  # the paper's IoU loss on the four deep-supervised outputs
+    fixed_input = True
+    accepts = OPTIONS
+
+    def __init__(
+        self, weights: Mapping[str, Path], device: torch.device, batch_size: int = 8, options: base.MethodOptions | None = None
+    ):
+        super().__init__(weights, device, batch_size, options)
+        trained_with = self.network.config["sism"]
+        choice = self.options.sism
+        self.sisms = sism.open_source(choice, trained_with, device, batch_size, self.options.offline)
+        if choice.given and self.sisms.name != trained_with:
+            self.notices.append(
+                f"icnet's head was trained with {trained_with} SISMs; with {self.sisms.name} the maps are not "
+                f"what it was trained for (ICNet's rule: the same SISM generator at training and test time)"
+            )
+
+    @classmethod
+    def build_network(cls, backbone: Path, config: Mapping | None = None) -> IcnetNetwork:
+        return IcnetNetwork(VGG16Features.from_file(backbone), config)
+
+    @classmethod
+    def prepare_training(cls, network: IcnetNetwork, device: torch.device, offline: bool) -> None:
+        """Training SISMs come from the head's generator, run on each augmented training image."""
+        network.sism_source = sism.open_source(
+            sism.SismChoice(), network.config["sism"], device, batch_size=16, offline=offline, cache=False
+        )
+
+    @classmethod
+    def from_network(cls, network: IcnetNetwork, device: torch.device, batch_size: int = 8) -> Method:
+        method = super().from_network(network, device, batch_size)
+        method.sisms = network.sism_source
+        return method
+
+    def predict_group(self, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
+        def run(part: torch.Tensor, sisms: torch.Tensor) -> torch.Tensor:
+            return icnet.predict_group(self.network.head, self.network.encode, part, sisms, self.batch_size)
+
+        return sism.predict_in_chunks(images, sources, self.options.chunk, self.sisms, run)
