@@ -70,19 +70,49 @@ def detect(group: Path, out: Path, method: str, device: str) -> list[str]:
             "--device", device, "--offline", "--json", "--quiet"]  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def print_peak_memory(method: str, sizes: list[int], device: str, prepare=None) -> None:
+    """Peak RSS of `cosal detect --method METHOD` on one group of each size, each in a fresh process.
+
+    ``prepare(folder)``, if given, runs first in each run's temporary folder (e.g. to set COSAL_HOME).
+    """
+    print(f"\n{'images':>6} {'peak RSS MiB':>13} {'MiB per image beyond the first group':>38}")
+    peaks = []
+    for size in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            if prepare is not None:
+                prepare(Path(tmp))
+            group = make_group(Path(tmp) / "group", size)
+            command = [sys.executable, "-c", PEAK_RSS, *detect(group, Path(tmp) / "out", method, device)]
+            peak = int(subprocess.run(command, capture_output=True, text=True, check=True).stdout) / 1024
+        peaks.append(peak)
+        growth = f"{(peak - peaks[0]) / (size - sizes[0]):.2f}" if len(peaks) > 1 else "-"
+        print(f"{size:>6} {peak:>13.0f} {growth:>38}")
+    print(f"peak memory, {sizes[-1]} vs {sizes[0]} images: {peaks[-1] / peaks[0]:.2f}x")
+
+
+def parse_arguments(description: str) -> argparse.Namespace:
+    """The options of the speed-and-memory benchmarks; prints the device line."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--speed-size", type=int, default=20)
     parser.add_argument("--memory-sizes", type=int, nargs="+", default=[20, 100, 300])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    device = torch.device(args.device)
-    print(f"device {device}, torch threads {torch.get_num_threads()}, repeats {args.repeats}")
+    print(f"device {args.device}, torch threads {torch.get_num_threads()}, repeats {args.repeats}")
+    return args
 
-    paths = [EXAMPLES[i % len(EXAMPLES)] for i in range(args.speed_size)]
+
+def example_batch(size: int, device: torch.device) -> torch.Tensor:
+    """A decoded group of ``size`` example images, as the pipeline gives it to a method (224 x 224, [0, 1])."""
+    paths = [EXAMPLES[i % len(EXAMPLES)] for i in range(size)]
     pixels = np.stack([np.asarray(Image.open(p).convert("RGB").resize((224, 224), Image.BILINEAR)) for p in paths])
-    batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255).to(device)
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255).to(device)
+
+
+def main() -> None:
+    args = parse_arguments(__doc__)
+    device = torch.device(args.device)
+    batch = example_batch(args.speed_size, device)
     print(f"\n{args.speed_size}-image group  {'network img/s':>14} {'detect img/s':>13}")
     rates = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,17 +128,7 @@ def main() -> None:
     print(f"gicd / sod network speed: {rates['gicd'] / rates['sod']:.2f}x; "
           f"gicd / official-layout GICD: {rates['gicd'] / rates['gicd-official (random weights)']:.2f}x")  # fmt: skip
 
-    print(f"\n{'images':>6} {'peak RSS MiB':>13} {'MiB per image beyond the first group':>38}")
-    peaks = []
-    for size in args.memory_sizes:
-        with tempfile.TemporaryDirectory() as tmp:
-            group = make_group(Path(tmp) / "group", size)
-            command = [sys.executable, "-c", PEAK_RSS, *detect(group, Path(tmp) / "out", "gicd", args.device)]
-            peak = int(subprocess.run(command, capture_output=True, text=True, check=True).stdout) / 1024
-        peaks.append(peak)
-        growth = f"{(peak - peaks[0]) / (size - args.memory_sizes[0]):.2f}" if len(peaks) > 1 else "-"
-        print(f"{size:>6} {peak:>13.0f} {growth:>38}")
-    print(f"peak memory, {args.memory_sizes[-1]} vs {args.memory_sizes[0]} images: {peaks[-1] / peaks[0]:.2f}x")
+    print_peak_memory("gicd", args.memory_sizes, args.device)
 
 
 if __name__ == "__main__":

@@ -16,19 +16,21 @@ Groups are copies of the committed example images. Weights must be cached (`cosa
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from csmg_mask_speed import median_time  # beside this script: its folder is on sys.path
-from gicd_speed_memory import EXAMPLES, PEAK_RSS, detect, make_group
-from PIL import Image
+from gicd_speed_memory import (
+    detect,
+    example_batch,
+    make_group,
+    parse_arguments,
+    print_peak_memory,
+)
 
 
 def linked_home(folder: Path) -> Path:
@@ -67,28 +69,19 @@ def network_rates(batch: torch.Tensor, device: torch.device, repeats: int) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--speed-size", type=int, default=20)
-    parser.add_argument("--memory-sizes", type=int, nargs="+", default=[20, 100, 300])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_arguments(__doc__)
     device = torch.device(args.device)
-    print(f"device {device}, torch threads {torch.get_num_threads()}, repeats {args.repeats}")
-
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["COSAL_HOME"] = str(linked_home(Path(tmp) / "home"))
-        paths = [EXAMPLES[i % len(EXAMPLES)] for i in range(args.speed_size)]
-        pixels = np.stack([np.asarray(Image.open(p).convert("RGB").resize((224, 224), Image.BILINEAR)) for p in paths])
-        batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255).to(device)
+        batch = example_batch(args.speed_size, device)
         rates = network_rates(batch, device, args.repeats)
         group = make_group(Path(tmp) / "group", args.speed_size)
         end_to_end = {}
-        for name in ("icnet", "icnet", "sod", "gicd"):  # icnet twice: SISMs computed, then read from the cache
-            result = subprocess.run(detect(group, Path(tmp) / f"{name}-{len(end_to_end)}", name, args.device),
-                                    capture_output=True, text=True, check=True)  # fmt: skip
-            label = name if name != "icnet" else ("icnet, SISMs computed" if "icnet, SISMs computed" not in
-                                                  end_to_end else "icnet, SISMs cached")  # fmt: skip
+        # icnet twice on the same group: its SISMs are computed by the first run and read from the cache by the second
+        runs = (("icnet, SISMs computed", "icnet"), ("icnet, SISMs cached", "icnet"), ("sod", "sod"), ("gicd", "gicd"))
+        for label, name in runs:
+            result = subprocess.run(detect(group, Path(tmp) / label, name, args.device), capture_output=True,
+                                    text=True, check=True)  # fmt: skip
             end_to_end[label] = json.loads(result.stdout)["images_per_second"]
     print(f"\n{args.speed_size}-image group  {'network img/s':>14} {'detect img/s':>13}")
     for name, rate in rates.items():
@@ -96,18 +89,10 @@ def main() -> None:
     print(f"icnet (SISMs computed) / sod network speed: {rates['icnet, SISMs computed'] / rates['sod']:.2f}x; "
           f"icnet (SISMs computed) / gicd: {rates['icnet, SISMs computed'] / rates['gicd']:.2f}x")  # fmt: skip
 
-    print(f"\n{'images':>6} {'peak RSS MiB':>13} {'MiB per image beyond the first group':>38}")
-    peaks = []
-    for size in args.memory_sizes:
-        with tempfile.TemporaryDirectory() as tmp:
-            os.environ["COSAL_HOME"] = str(linked_home(Path(tmp) / "home"))
-            group = make_group(Path(tmp) / "group", size)
-            command = [sys.executable, "-c", PEAK_RSS, *detect(group, Path(tmp) / "out", "icnet", args.device)]
-            peak = int(subprocess.run(command, capture_output=True, text=True, check=True).stdout) / 1024
-        peaks.append(peak)
-        growth = f"{(peak - peaks[0]) / (size - args.memory_sizes[0]):.2f}" if len(peaks) > 1 else "-"
-        print(f"{size:>6} {peak:>13.0f} {growth:>38}")
-    print(f"peak memory, {args.memory_sizes[-1]} vs {args.memory_sizes[0]} images: {peaks[-1] / peaks[0]:.2f}x")
+    def fresh_home(folder: Path) -> None:
+        os.environ["COSAL_HOME"] = str(linked_home(folder / "home"))
+
+    print_peak_memory("icnet", args.memory_sizes, args.device, prepare=fresh_home)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,23 @@ def _root(
 # ----------------------------------------------------------------------------------------------
 
 
+# Options of the SISM-consuming methods (ICNet), shared by detect and bench.
+SismOption = Annotated[
+    Optional[str],
+    typer.Option("--sism", help="ICNet: the single-image saliency generator, sod or gmr (default: the one the "
+                 "weights were trained with). SISMs are cached per image."),
+]
+SismDirOption = Annotated[
+    Optional[Path],
+    typer.Option("--sism-dir", help="ICNet: precomputed SISMs, DIR/<group>/<stem>.png, from any detector."),
+]
+ChunkOption = Annotated[
+    Optional[int],
+    typer.Option("--chunk", min=1, help="ICNet: run each group in sub-groups of N images to bound memory. "
+                 "CHANGES the maps (the consensus is per sub-group); default: the whole group at once."),
+]
+
+
 @app.command(epilog=EXIT_CODES_HELP)
 @_handle_errors
 def detect(
@@ -112,20 +129,9 @@ def detect(
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Keep maps that exist (resume a run).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace maps that exist.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass (memory, not results).")] = 8,
-    sism: Annotated[
-        Optional[str],
-        typer.Option("--sism", help="ICNet: the single-image saliency generator, sod or gmr (default: the one the "
-                     "weights were trained with). SISMs are cached per image."),
-    ] = None,
-    sism_dir: Annotated[
-        Optional[Path],
-        typer.Option("--sism-dir", help="ICNet: precomputed SISMs, DIR/<group>/<stem>.png, from any detector."),
-    ] = None,
-    chunk: Annotated[
-        Optional[int],
-        typer.Option("--chunk", min=1, help="ICNet: run each group in sub-groups of N images to bound memory. "
-                     "CHANGES the maps (the consensus is per sub-group); default: the whole group at once."),
-    ] = None,
+    sism: SismOption = None,
+    sism_dir: SismDirOption = None,
+    chunk: ChunkOption = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network for weights.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors (and --json).")] = False,
@@ -303,20 +309,9 @@ def bench(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute maps already in OUTPUT.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
-    sism: Annotated[
-        Optional[str],
-        typer.Option("--sism", help="ICNet: the single-image saliency generator, sod or gmr (default: the one the "
-                     "weights were trained with). SISMs are cached per image."),
-    ] = None,
-    sism_dir: Annotated[
-        Optional[Path],
-        typer.Option("--sism-dir", help="ICNet: precomputed SISMs, DIR/<group>/<stem>.png, from any detector."),
-    ] = None,
-    chunk: Annotated[
-        Optional[int],
-        typer.Option("--chunk", min=1, help="ICNet: run each group in sub-groups of N images to bound memory. "
-                     "CHANGES the maps (the consensus is per sub-group); default: the whole group at once."),
-    ] = None,
+    sism: SismOption = None,
+    sism_dir: SismDirOption = None,
+    chunk: ChunkOption = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network for weights.")] = False,
     report: Annotated[
         Optional[Path], typer.Option("--report", help="Write metrics.json, metrics.csv, per_group.csv, curves.png here.")
