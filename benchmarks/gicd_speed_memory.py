@@ -31,7 +31,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples" / "Image").glob("*/*.jpg"))
-PEAK_RSS = "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); " \
+PEAK_RSS = "import resource, subprocess, sys; run = subprocess.run(sys.argv[1:], capture_output=True, text=True); " \
+    "sys.exit(f'exit {run.returncode}: {run.stderr[-3000:]}') if run.returncode else " \
     "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"  # fmt: skip
 
 
@@ -83,7 +84,10 @@ def print_peak_memory(method: str, sizes: list[int], device: str, prepare=None) 
                 prepare(Path(tmp))
             group = make_group(Path(tmp) / "group", size)
             command = [sys.executable, "-c", PEAK_RSS, *detect(group, Path(tmp) / "out", method, device)]
-            peak = int(subprocess.run(command, capture_output=True, text=True, check=True).stdout) / 1024
+            run = subprocess.run(command, capture_output=True, text=True, check=False)
+            if run.returncode:
+                raise SystemExit(f"{method} on {size} images failed: {run.stderr}")
+            peak = int(run.stdout) / 1024
         peaks.append(peak)
         growth = f"{(peak - peaks[0]) / (size - sizes[0]):.2f}" if len(peaks) > 1 else "-"
         print(f"{size:>6} {peak:>13.0f} {growth:>38}")

@@ -33,12 +33,10 @@ from gicd_speed_memory import (
 )
 
 
-def linked_home(folder: Path) -> Path:
-    """A COSAL_HOME whose weights are links to the user's cache (nothing else: no cached SISMs)."""
-    from cosal_cli.hub import cache_home
-
+def linked_home(folder: Path, cache: Path) -> Path:
+    """A COSAL_HOME whose weights are links to those of ``cache`` (nothing else: no cached SISMs)."""
     (folder / "weights").mkdir(parents=True)
-    for path in (cache_home() / "weights").glob("*.safetensors"):
+    for path in (cache / "weights").glob("*.safetensors"):
         (folder / "weights" / path.name).symlink_to(path)
     return folder
 
@@ -69,10 +67,13 @@ def network_rates(batch: torch.Tensor, device: torch.device, repeats: int) -> di
 
 
 def main() -> None:
+    from cosal_cli.hub import cache_home
+
     args = parse_arguments(__doc__)
     device = torch.device(args.device)
+    user_cache = cache_home()  # read before COSAL_HOME is pointed at the temporary homes below
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["COSAL_HOME"] = str(linked_home(Path(tmp) / "home"))
+        os.environ["COSAL_HOME"] = str(linked_home(Path(tmp) / "home", user_cache))
         batch = example_batch(args.speed_size, device)
         rates = network_rates(batch, device, args.repeats)
         group = make_group(Path(tmp) / "group", args.speed_size)
@@ -90,7 +91,7 @@ def main() -> None:
           f"icnet (SISMs computed) / gicd: {rates['icnet, SISMs computed'] / rates['gicd']:.2f}x")  # fmt: skip
 
     def fresh_home(folder: Path) -> None:
-        os.environ["COSAL_HOME"] = str(linked_home(folder / "home"))
+        os.environ["COSAL_HOME"] = str(linked_home(folder / "home", user_cache))
 
     print_peak_memory("icnet", args.memory_sizes, args.device, prepare=fresh_home)
 

@@ -174,10 +174,6 @@ def _method_options(sism: str | None, sism_dir: Path | None, chunk: int | None, 
     from cosal_cli.methods.base import MethodOptions
     from cosal_cli.sism import SismChoice
 
-    if sism is not None and sism not in methods.sism_generators():
-        raise UsageError(f"--sism {sism}: not a SISM generator; choose one of {', '.join(methods.sism_generators())}")
-    if sism_dir is not None and not sism_dir.is_dir():
-        raise UsageError(f"--sism-dir {sism_dir}: no such folder (expected DIR/<group>/<stem>.png)")
     options = MethodOptions(SismChoice(sism, sism_dir), chunk)
     for flag in options.given() if bench_methods is not None else ():
         if not any(flag in methods.method_class(name).accepts for name in bench_methods):

@@ -47,8 +47,15 @@ class SismChoice:
     directory: Path | None = None
 
     def __post_init__(self) -> None:
+        from cosal_cli import methods
+
         if self.generator is not None and self.directory is not None:
             raise UsageError("--sism and --sism-dir exclude each other: the SISMs come from one source")
+        if self.generator is not None and self.generator not in methods.sism_generators():
+            choices = ", ".join(methods.sism_generators())
+            raise UsageError(f"--sism {self.generator}: not a SISM generator; choose one of {choices}")
+        if self.directory is not None and not self.directory.is_dir():
+            raise UsageError(f"--sism-dir {self.directory}: no such folder (expected <DIR>/<group>/<stem>.png)")
 
     @property
     def given(self) -> bool:
@@ -114,8 +121,6 @@ class DirectorySisms:
     """SISMs precomputed by any detector: ``<root>/<group>/<stem>.png``."""
 
     def __init__(self, root: Path):
-        if not root.is_dir():
-            raise UsageError(f"--sism-dir {root}: no such folder (expected <DIR>/<group>/<stem>.png)")
         self.root = root
         self.name = f"dir:{root}"
 
@@ -158,14 +163,11 @@ def predict_in_chunks(images: torch.Tensor, sources: GroupImages | None, chunk: 
 def open_source(choice: SismChoice, default: str, device: torch.device, batch_size: int, offline: bool = False,
                 cache: bool = True):  # fmt: skip
     """The SISM source for ``choice`` (``default`` generator when none was given)."""
-    from cosal_cli import methods
     from cosal_cli.pipeline import load_method
 
     if choice.directory is not None:
         return DirectorySisms(choice.directory)
     name = choice.generator or default
-    if name not in methods.sism_generators():
-        raise UsageError(f"--sism {name}: not a SISM generator; choose one of {', '.join(methods.sism_generators())}")
     method = load_method(name, device, batch_size, offline)
     return GeneratorSisms(method, cache_folder(name) if cache else None)
 

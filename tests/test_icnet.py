@@ -18,7 +18,7 @@ from cosal_cli.models.icnet import ICNet, IcnetHead
 from cosal_cli.models.vgg import imagenet_normalise
 
 from .conftest import EXAMPLES, REPO, check_shipped_head, detect_examples
-from .test_train import toy  # noqa: F401, F811 (a fixture)
+from .test_train import toy  # noqa: F401 (a fixture)
 
 runner = CliRunner()
 # Measured with the shipped head on the 14 committed examples: 5.7x to 10.0x brighter on the cats than

@@ -33,6 +33,7 @@ from cosal_cli import __version__, datasets, methods, metrics
 from cosal_cli.errors import UsageError
 from cosal_cli.io import Group, ImageFile, load_grey
 from cosal_cli.methods.base import TrainableMethod
+from cosal_cli.sism import SismChoice
 from cosal_cli.models.heads import load_tensors, save_head, save_tensors
 from cosal_cli.splits import Split
 from cosal_cli.training.losses import LOSSES, deep_supervision
@@ -250,11 +251,7 @@ def _check_settings(method_class: type[TrainableMethod], settings: TrainSettings
     if settings.config.get("sism") is not None:
         if "--sism" not in method_class.accepts:
             raise UsageError(f"--sism does not apply to method {settings.method!r}: it uses no SISMs")
-        if settings.config["sism"] not in methods.sism_generators():
-            raise UsageError(
-                f"--sism {settings.config['sism']}: not a SISM generator; choose one of "
-                f"{', '.join(methods.sism_generators())}"
-            )
+        SismChoice(settings.config["sism"])  # a usage error unless it names a SISM generator
     if method_class.fixed_input and settings.sampler.size != method_class.input_size:
         raise UsageError(
             f"--size {settings.sampler.size}: {settings.method}'s layers fix the input at "
