@@ -217,13 +217,7 @@ def _progress(quiet: bool, total: int | None, fields: tuple[str, ...] = ()) -> I
     if quiet or not stderr.is_terminal:
         yield None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), *fields,
                TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
@@ -526,8 +520,8 @@ def train(
         torch.set_num_threads(threads)
     settings = TrainSettings(
         method=method, data=list(data), split=load_split(split), output=output, epochs=epochs, lr=lr,
-        sampler=sampler, val_limit=val_limit, per_group=per_group, checkpoint_every=checkpoint_every, device=device, resume=resume,
-        offline=hub.offline_mode(offline), config={"sism": sism} if sism is not None else {},
+        sampler=sampler, val_limit=val_limit, per_group=per_group, checkpoint_every=checkpoint_every, device=device,
+        resume=resume, offline=hub.offline_mode(offline), config={"sism": sism} if sism is not None else {},
     )  # fmt: skip
     with _progress(quiet, None, TRAIN_COLUMNS) as progress:
         metadata = run_training(settings, _TrainConsoleReporter(progress, quiet))

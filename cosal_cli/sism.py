@@ -1,6 +1,6 @@
 """Single-image saliency maps (SISMs): where ICNet-style methods get one saliency map per image.
 
-Three sources, chosen with ``--sism NAME`` or ``--sism-dir DIR``:
+Two kinds of source, chosen with ``--sism NAME`` or ``--sism-dir DIR``:
 
 * a SISM generator method (``sod``, cosal's trained network, or ``gmr``, training-free), run on the
   method's 224 x 224 input (resized to the generator's own input size) and cached on disk per image;
