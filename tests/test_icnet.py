@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cosal_cli.cli import app
-from cosal_cli.models.icnet import ICNet, IcnetHead
+from cosal_cli.models.icnet import ICNet, IcnetHead, IcnetNetwork
 from cosal_cli.models.vgg import imagenet_normalise
 
 from .conftest import EXAMPLES, REPO, check_shipped_head, detect_examples
@@ -49,6 +49,16 @@ def test_cosals_head_is_the_official_network_without_its_vgg():
     head_part = {key: value for key, value in official.items() if not key.startswith("vgg.")}
     IcnetHead().load_state_dict(head_part, strict=True)
     assert len(head_part) == 190 - 26
+
+
+def test_cosals_network_trains_its_head_alone_on_a_frozen_backbone():
+    from cosal_cli.models.vgg import VGG16Features
+
+    network = IcnetNetwork(VGG16Features(), {"sism": "gmr"}).train()
+    assert network.config == {"sism": "gmr"}
+    assert network.head.training and not network.backbone.training  # frozen: stays in eval mode
+    assert not any(p.requires_grad for p in network.backbone.parameters())
+    assert all(p.requires_grad for p in network.head.parameters())
 
 
 def test_a_group_gives_one_map_per_image_and_other_sizes_are_refused():

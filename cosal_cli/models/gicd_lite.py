@@ -33,6 +33,7 @@ from torch import nn
 
 from cosal_cli.models.efficientnet_lite import STAGES, EfficientNetLite0, lite_normalise
 from cosal_cli.models.gicd import consensus_gradient, gradient_cam, group_consensus
+from cosal_cli.models.heads import FrozenBackboneNetwork
 
 DEFAULT_CONFIG: dict[str, Any] = {"channels": 32}
 #: (block index, channels) of the stage ends the decoder reads: strides 2, 4, 8 and 16, finest first.
@@ -75,19 +76,13 @@ class ArmDecoder(nn.Module):
         return logits[::-1]
 
 
-class GicdLite(nn.Module):
+class GicdLite(FrozenBackboneNetwork):
     """Frozen EfficientNet-Lite0 (co-classifier and encoder) + the trainable ARM decoder ``head``."""
 
     def __init__(self, classifier: EfficientNetLite0, config: Mapping[str, Any] | None = None):
-        super().__init__()
-        self.config = {**DEFAULT_CONFIG, **(config or {})}
-        self.classifier = classifier.eval().requires_grad_(False)
+        super().__init__(config, DEFAULT_CONFIG)
+        self.freeze("classifier", classifier)
         self.head = ArmDecoder(int(self.config["channels"]))
-
-    def train(self, mode: bool = True) -> GicdLite:
-        super().train(mode)
-        self.classifier.eval()  # frozen: BatchNorm statistics and dropout stay in inference mode
-        return self
 
     def encode(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The decoder's pyramid and the last conv features (the GIM's input), without autograd."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from cosal_cli.io import atomic_output
 
@@ -71,3 +72,27 @@ def load_head(path: Path, method: str, device: str | torch.device = "cpu") -> He
     if head.metadata.get("method") != method:
         raise ValueError(f"{path} is a head for method {head.metadata.get('method')!r}, not {method!r}")
     return head
+
+
+class FrozenBackboneNetwork(nn.Module):
+    """Base of the networks ``cosal train`` learns: frozen pre-trained modules under a trainable ``head``.
+
+    ``config`` is the head's hyper-parameters (``defaults`` overridden by the given ones, saved in the
+    head file). Modules registered with :meth:`freeze` get no gradients and stay in eval mode
+    whatever ``train()`` is called with, so their BatchNorm statistics and dropout never change.
+    """
+
+    def __init__(self, config: Mapping[str, Any] | None, defaults: Mapping[str, Any]):
+        super().__init__()
+        self.config = {**defaults, **(config or {})}
+        self._frozen: list[str] = []
+
+    def freeze(self, name: str, module: nn.Module) -> None:
+        setattr(self, name, module.eval().requires_grad_(False))
+        self._frozen.append(name)
+
+    def train(self, mode: bool = True) -> FrozenBackboneNetwork:
+        super().train(mode)
+        for name in self._frozen:
+            getattr(self, name).eval()
+        return self

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cosal_cli.models.heads import FrozenBackboneNetwork
+
 #: torchvision ``vgg16().features`` slice ends: conv1_2 (no pool), then each block starting with its pool.
 VGG_SLICES = {"conv1_2": (0, 4), "conv2_2": (4, 9), "conv3_3": (9, 16), "conv4_3": (16, 23), "conv5_3": (23, 30)}
 INPUT_SIZE = 224  # fixed by the Co6/Co5/Co4 weight shapes: in_channels = (224/32)^2, (224/16)^2, (224/8)^2
@@ -233,7 +235,7 @@ DEFAULT_CONFIG: dict[str, Any] = {"sism": "sod"}
 BACKBONE_TAPS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
 
 
-class IcnetNetwork(nn.Module):
+class IcnetNetwork(FrozenBackboneNetwork):
     """cosal's ``icnet``: a frozen VGG-16 and a trainable :class:`IcnetHead` (``head``).
 
     ``forward(images, sisms)`` takes RGB in [0, 1] and SISMs in [0, 1] and returns the logit maps
@@ -243,16 +245,10 @@ class IcnetNetwork(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, config: Mapping[str, Any] | None = None):
-        super().__init__()
-        self.config = {**DEFAULT_CONFIG, **(config or {})}
-        self.backbone = backbone.eval().requires_grad_(False)
+        super().__init__(config, DEFAULT_CONFIG)
+        self.freeze("backbone", backbone)
         self.head = IcnetHead()
         self.sism_source: Callable[[torch.Tensor], torch.Tensor] | None = None
-
-    def train(self, mode: bool = True) -> IcnetNetwork:
-        super().train(mode)
-        self.backbone.eval()  # frozen: never in training mode
-        return self
 
     def forward(self, images: torch.Tensor, sisms: torch.Tensor | None = None) -> list[torch.Tensor]:
         if sisms is None:

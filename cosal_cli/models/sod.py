@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cosal_cli.models.heads import FrozenBackboneNetwork
 from cosal_cli.models.vgg import VGG16Features, imagenet_normalise
 
 TAPS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
@@ -61,19 +62,13 @@ class SaliencyDecoder(nn.Module):
         return logits[::-1]
 
 
-class SaliencyNetwork(nn.Module):
+class SaliencyNetwork(FrozenBackboneNetwork):
     """Frozen backbone + trainable ``head``; ``forward`` gives logits at input size, finest first."""
 
     def __init__(self, backbone: VGG16Features, config: Mapping[str, Any] | None = None):
-        super().__init__()
-        self.config = {**DEFAULT_CONFIG, **(config or {})}
-        self.backbone = backbone.eval().requires_grad_(False)
+        super().__init__(config, DEFAULT_CONFIG)
+        self.freeze("backbone", backbone)
         self.head = SaliencyDecoder(self.config["channels"])
-
-    def train(self, mode: bool = True) -> SaliencyNetwork:
-        super().train(mode)
-        self.backbone.eval()  # frozen: never in training mode
-        return self
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """(N, 3, H, W) RGB in [0, 1] to logits (N, 1, H, W) per decoder level."""
