@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def make_test_manifest(path: Path, co_classifier: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def official(tmp_path_factory) -> Official:
+def official(tmp_path_factory) -> Iterator[Official]:
     folder = tmp_path_factory.mktemp("official")
     torch.manual_seed(0)
     ginet = GINet()
@@ -104,7 +105,8 @@ def official(tmp_path_factory) -> Official:
     torch.save(vgg16(weights=None).state_dict(), folder / "vgg16-397923af.pth")
     co_classifier = folder / "vgg16-397923af.pth"
     manifest = make_test_manifest(folder / "manifest.yaml", co_classifier)
-    return Official(folder / "gicd_ginet.pth", co_classifier, manifest)
+    yield Official(folder / "gicd_ginet.pth", co_classifier, manifest)
+    shutil.rmtree(folder, ignore_errors=True)  # 1 GB; the suite's later modules need the disk
 
 
 @pytest.fixture(autouse=True)
@@ -134,7 +136,7 @@ def cosal(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def imported(official, tmp_path_factory) -> Imported:
+def imported(official, tmp_path_factory) -> Iterator[Imported]:
     """Both files imported through the CLI, once, into a cache that tests only read."""
     home = tmp_path_factory.mktemp("imported-home")
     env = {
@@ -145,7 +147,8 @@ def imported(official, tmp_path_factory) -> Imported:
     args = ["weights", "import", "gicd", str(official.ginet), "--co-classifier", str(official.co_classifier), "--json"]
     result = CliRunner().invoke(app, args, env=env)
     assert result.exit_code == 0, result.output
-    return Imported(home, result.stdout, result.output)
+    yield Imported(home, result.stdout, result.output)
+    shutil.rmtree(home, ignore_errors=True)  # 1 GB of imported safetensors
 
 
 @pytest.fixture
