@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 from typer.testing import CliRunner
 
 from cosal_cli.cli import app
@@ -98,12 +99,13 @@ def _reference_cosal_sub_module(module, feats: torch.Tensor, sisms: torch.Tensor
     return module.conv(torch.stack(outputs))
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["image-by-image", "whole-batch"])
 @pytest.mark.parametrize("size", [7, 14])
-def test_the_co_saliency_module_follows_the_reference_step_by_step(size):
+def test_the_co_saliency_module_follows_the_reference_step_by_step(size, training):
     from cosal_cli.models.icnet import CosalSubModule
 
     torch.manual_seed(size)
-    module = CosalSubModule(size, size).eval()
+    module = CosalSubModule(size, size).train(training)
     feats, sisms = torch.randn(4, 16, size, size), torch.rand(4, 1, 224, 224)
     with torch.no_grad():
         expected = _reference_cosal_sub_module(module, feats, sisms)
@@ -112,6 +114,41 @@ def test_the_co_saliency_module_follows_the_reference_step_by_step(size):
         changed = feats.clone()
         changed[3] = torch.randn(16, size, size)
         assert not torch.allclose(module(changed, sisms)[0], expected[0], atol=1e-4)
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the element count of the largest tensor any operation produces."""
+
+    largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in (out if isinstance(out, (tuple, list)) else [out]):
+            if isinstance(tensor, torch.Tensor):
+                self.largest = max(self.largest, tensor.numel())
+        return out
+
+
+def _largest_tensor(module, n: int, side: int, training: bool) -> int:
+    torch.manual_seed(0)
+    feats, sisms = torch.randn(n, 8, side, side), torch.rand(n, 1, 224, 224)
+    with torch.no_grad(), _LargestTensor() as measure:
+        module.train(training)(feats, sisms)
+    return measure.largest
+
+
+def test_at_inference_the_co_saliency_memory_grows_linearly_with_the_group():
+    """Each image's SCF (hw x hw) and its correlations with the group (N x hw) are made one image at a time:
+    the whole group's would be N x hw x hw and N x N x hw, what grew icnet's memory with the group."""
+    from cosal_cli.models.icnet import CosalSubModule
+
+    hw = 28 * 28
+    module = CosalSubModule(28, 28)
+    assert _largest_tensor(module, 6, 28, training=True) == 6 * hw * hw  # the measure sees the batched SCF
+    assert _largest_tensor(module, 6, 28, training=False) == hw * hw
+    module = CosalSubModule(7, 7)  # a small SCF, a large group: correlations across the group would dominate
+    assert _largest_tensor(module, 128, 7, training=True) >= 128 * 128 * 49  # N x N x hw (and N^3 Gram values)
+    assert _largest_tensor(module, 128, 7, training=False) <= 2 * _largest_tensor(module, 64, 7, training=False)
 
 
 def test_the_decoder_is_gated_by_the_28_pixel_map_alone():
@@ -227,6 +264,8 @@ def test_a_large_group_in_bounded_memory_gives_the_single_batch_maps():
         encoded.clear()
         torch.testing.assert_close(icnet.predict_group(model, encode, images, sisms, batch_size=8), whole)
         assert encoded == [5]
+        with pytest.raises(RuntimeError, match="eval mode"):  # chunks would give BatchNorm their own statistics
+            icnet.predict_group(model.train(), encode, images, sisms, batch_size=2)
 
 
 @pytest.mark.weights

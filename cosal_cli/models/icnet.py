@@ -86,20 +86,31 @@ class CosalSubModule(nn.Module):
         self.conv = nn.Sequential(nn.Conv2d(height * width, 128, 1), Res(128))
 
     def forward(self, feats: torch.Tensor, sisms: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = feats.shape
-        saliency = _resize(sisms, (h, w))
+        n = len(feats)
+        saliency = _resize(sisms, feats.shape[-2:])
         nfs = F.normalize(feats, dim=1)
         sivs = F.normalize((nfs * saliency).mean(dim=(2, 3), keepdim=True), dim=1)  # [N, C, 1, 1]
-        corr = F.normalize(F.conv2d(nfs, sivs).view(n, n, h * w), dim=2)  # [N, N, hw]
-        weights = torch.softmax((corr @ corr.transpose(1, 2)).sum(dim=2), dim=1)  # [N, N]
-        csa = (corr * weights.unsqueeze(2)).sum(dim=1)  # [N, hw]
+        # Only the SIVs are the group's. At inference each image's correlation with them (N x hw) and its
+        # hw x hw self-correlation (2.5 MB at 28x28, held three times over) are made and consumed alone, so
+        # a group's peak memory grows by neither (for 300 images the whole group's correlations take 0.28 GB
+        # a copy, their Gram matrices 0.1 GB). Training keeps the batch whole, as BatchNorm's batch statistics
+        # in conv need.
+        step = n if self.training else 1
+        return torch.cat([self._image_features(nfs[i : i + step], sivs) for i in range(0, n, step)])
+
+    def _image_features(self, nfs: torch.Tensor, sivs: torch.Tensor) -> torch.Tensor:
+        """The CSA of some of the group's images, their SCF rearranged by it and weighted by it, through conv."""
+        m, _, h, w = nfs.shape
+        corr = F.normalize(F.conv2d(nfs, sivs).view(m, len(sivs), h * w), dim=2)  # [m, N, hw]
+        weights = torch.softmax((corr @ corr.transpose(1, 2)).sum(dim=2), dim=1)  # [m, N]
+        csa = (corr * weights.unsqueeze(2)).sum(dim=1)  # [m, hw]
         low, high = csa.min(dim=1, keepdim=True).values, csa.max(dim=1, keepdim=True).values
         csa = (csa - low) / (high - low + 1e-12)
-        flat = nfs.view(n, c, h * w)
-        scf = (flat.transpose(1, 2) @ flat).view(n, h * w, h, w)  # channel k: pixel k against all pixels
+        flat = nfs.flatten(2)
+        scf = (flat.transpose(1, 2) @ flat).view(m, h * w, h, w)  # channel k: pixel k against all pixels
         order = csa.argsort(dim=1, descending=True)
-        rscf = scf.gather(1, order.view(n, h * w, 1, 1).expand(-1, -1, h, w))
-        return self.conv(rscf * csa.view(n, 1, h, w))
+        rscf = scf.gather(1, order.view(m, h * w, 1, 1).expand(-1, -1, h, w))
+        return self.conv(rscf * csa.view(m, 1, h, w))
 
 
 class CosalModule(nn.Module):
@@ -156,17 +167,22 @@ class IcnetHead(nn.Module):
     def decode(self, taps: list[torch.Tensor], sisms: torch.Tensor) -> list[torch.Tensor]:
         """VGG taps (conv1_2 ... conv5_3) and SISMs (N, 1, 224, 224) to logits map_1 (224^2) ... map_4 (28^2)."""
         conv1_2, conv2_2, conv3_3, conv4_3, conv5_3 = taps
-        feat_45, logits_4 = self.co_saliency(conv4_3, conv5_3, sisms)
+        feat_45, logits_4 = self.co_saliency(self.compress(conv4_3, conv5_3), sisms)
         return self.refine(conv1_2, conv2_2, conv3_3, logits_4, sisms, feat_45) + [logits_4]
 
-    def co_saliency(self, conv4_3: torch.Tensor, conv5_3: torch.Tensor, sisms: torch.Tensor):
-        """The group-wise part: the three co-saliency modules over the whole group; (feat_45, map_4 logits)."""
+    def compress(self, conv4_3: torch.Tensor, conv5_3: torch.Tensor) -> list[torch.Tensor]:
+        """The inputs of Co6, Co5 and Co4 (128 x 7^2, 256 x 14^2, 256 x 28^2): half the size of the two taps."""
         if tuple(conv4_3.shape[-2:]) != (INPUT_SIZE // 8, INPUT_SIZE // 8):
             side = conv4_3.shape[-1] * 8
             raise ValueError(f"ICNet's weights fix the input at {INPUT_SIZE}x{INPUT_SIZE}, got {side}x{side}")
-        cosal_6 = self.Co6(self.conv6_cmprs(conv5_3), sisms)
-        cosal_5 = self.Co5(self.conv5_cmprs(conv5_3), sisms)
-        cosal_4 = self.Co4(self.conv4_cmprs(conv4_3), sisms)
+        return [self.conv6_cmprs(conv5_3), self.conv5_cmprs(conv5_3), self.conv4_cmprs(conv4_3)]
+
+    def co_saliency(self, compressed: list[torch.Tensor], sisms: torch.Tensor):
+        """The group-wise part: the three co-saliency modules over the whole group; (feat_45, map_4 logits)."""
+        conv6, conv5, conv4 = compressed
+        cosal_6 = self.Co6(conv6, sisms)
+        cosal_5 = self.Co5(conv5, sisms)
+        cosal_4 = self.Co4(conv4, sisms)
         feat_56 = self.merge_co_56(cosal_5 + _resize(cosal_6, cosal_5.shape[-2:]))
         feat_45 = self.merge_co_45(cosal_4 + _resize(feat_56, cosal_4.shape[-2:]))
         return feat_45, self.get_pred_4.logits(feat_45)
@@ -184,15 +200,18 @@ def predict_group(head: IcnetHead, encode, images: torch.Tensor, sisms: torch.Te
     """Final maps (N, 224, 224) in [0, 1] of one group, exactly as one batch, in memory bounded by ``batch_size``.
 
     ``encode(images)`` gives the five VGG taps. Only the co-saliency modules need the whole group, and
-    they read the two deepest taps (2 MB per image); the decoder works image by image. A group larger
-    than ``batch_size`` is therefore encoded twice: once for conv4_3 / conv5_3 of every image, and again,
-    chunk by chunk, for the decoder's shallow taps, which are never all held at once (25 MB per image).
+    they read the two deepest taps, compressed (1 MB per image); the decoder works image by image. A
+    group larger than ``batch_size`` is therefore encoded twice: once for the compressed deep taps of
+    every image, and again, chunk by chunk, for the decoder's shallow taps, which are never all held at
+    once (25 MB per image).
     """
+    if head.training:  # BatchNorm would use each chunk's statistics: maps unlike the single batch's
+        raise RuntimeError("icnet.predict_group needs the head in eval mode")
     if len(images) <= batch_size:
         return torch.sigmoid(head.decode(encode(images), sisms)[0][:, 0])
-    deep = [encode(part)[3:] for part in images.split(batch_size)]
-    feat_45, logits_4 = head.co_saliency(torch.cat([d[0] for d in deep]), torch.cat([d[1] for d in deep]), sisms)
-    del deep
+    chunks = [head.compress(*encode(part)[3:]) for part in images.split(batch_size)]
+    feat_45, logits_4 = head.co_saliency([torch.cat(level) for level in zip(*chunks)], sisms)
+    del chunks
     maps = []
     for start in range(0, len(images), batch_size):
         part = slice(start, start + batch_size)
