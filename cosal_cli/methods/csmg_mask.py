@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from cosal_cli.methods import base
-from cosal_cli.sism import GroupImages
 from cosal_cli.models.vgg import VGG16Features, imagenet_normalise
 from cosal_cli.refine.admm import AdmmSettings, co_salient_masks
+from cosal_cli.sism import GroupImages
 
 
 class Method(base.Method):

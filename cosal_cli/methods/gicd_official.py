@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from cosal_cli.methods import base
-from cosal_cli.sism import GroupImages
 from cosal_cli.models.convert import load_state_dict_file
 from cosal_cli.models.gicd import GICD
 from cosal_cli.models.vgg import imagenet_normalise
+from cosal_cli.sism import GroupImages
 
 
 class Method(base.Method):

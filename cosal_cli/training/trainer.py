@@ -33,8 +33,8 @@ from cosal_cli import __version__, datasets, methods, metrics
 from cosal_cli.errors import UsageError
 from cosal_cli.io import Group, ImageFile, load_grey
 from cosal_cli.methods.base import TrainableMethod
-from cosal_cli.sism import SismChoice
 from cosal_cli.models.heads import load_tensors, save_head, save_tensors
+from cosal_cli.sism import SismChoice
 from cosal_cli.splits import Split
 from cosal_cli.training.losses import LOSSES, deep_supervision
 from cosal_cli.training.sampler import (
