@@ -18,7 +18,7 @@ import numpy as np
 
 from cosal_cli import __version__, io, metrics
 from cosal_cli.datasets import Dataset, Item, files_by_stem, subfolders
-from cosal_cli.errors import ExitCode, first_line
+from cosal_cli.errors import ExitCode, Terminated, first_line
 from cosal_cli.io import InputError, Problem
 
 
@@ -67,11 +67,19 @@ class BenchResult:
     group_average: bool
     datasets: list[DatasetScores] = field(default_factory=list)
     interrupted: bool = False
+    terminated: bool = False  # the interruption was SIGTERM
 
     @property
     def exit_code(self) -> ExitCode:
         if self.interrupted:
-            return ExitCode.INTERRUPTED
+            return ExitCode.TERMINATED if self.terminated else ExitCode.INTERRUPTED
+        internal = any(
+            method.detect and method.detect["exit_code"] == ExitCode.INTERNAL_ERROR
+            for scores in self.datasets
+            for method in scores.methods
+        )
+        if internal:
+            return ExitCode.INTERNAL_ERROR
         incomplete = any(
             scores.dataset.problems or not method.complete for scores in self.datasets for method in scores.methods
         )
@@ -279,8 +287,8 @@ def run(
             for name, folder in predictions:
                 reporter.stage(f"{dataset.name}: scoring {name}", len(dataset.items))
                 scores.methods.append(evaluate(dataset, folder, name, protocol, reporter))
-    except KeyboardInterrupt:
-        result.interrupted = True
+    except KeyboardInterrupt as exc:
+        result.interrupted, result.terminated = True, isinstance(exc, Terminated)
     return result
 
 
@@ -290,7 +298,7 @@ def _detect(dataset, method, output, existing, device_spec, batch_size, offline,
     from cosal_cli.methods.base import MethodOptions
 
     groups = [group.image_dir for group in dataset.groups if group.image_dir is not None]
-    discovery = io.discover(groups)
+    discovery = io.discover(groups, layout="group")  # each is a group folder of the dataset
     if dataset.subset is not None:  # run on the selected images only: they form the groups
         selected = {item.image.resolve() for item in dataset.items if item.image is not None}
         for group in discovery.groups:
@@ -310,5 +318,5 @@ def _detect(dataset, method, output, existing, device_spec, batch_size, offline,
         download_progress=download_progress,
     )
     if summary.interrupted:
-        raise KeyboardInterrupt
+        raise Terminated if summary.terminated else KeyboardInterrupt
     return summary.to_json()

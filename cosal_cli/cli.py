@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
+import sys
+import threading
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,9 +20,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from cosal_cli import __version__
-from cosal_cli.errors import CosalError, ExitCode, UsageError
+from cosal_cli.errors import CosalError, ExitCode, Terminated, UsageError, first_line
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -28,10 +33,35 @@ if TYPE_CHECKING:
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 all done, 1 some inputs failed, 2 usage error, 3 weights unavailable "
-    "(offline / not cached), 4 weights checksum mismatch, 130 interrupted."
+    "(offline / not cached), 4 weights checksum mismatch, 5 internal error (in some group; the others "
+    "were processed), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). With --json, every exit prints "
+    "one JSON object with exit_code."
 )
 
+
+class _CosalGroup(TyperGroup):
+    """Every exit of every command goes through here, so that even a parse error or a SIGTERM gives the
+    documented exit code and, with ``--json``, one JSON object on stdout."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        arguments = list(sys.argv[1:] if args is None else args)
+        _state.reset(json_wanted="--json" in arguments)
+        with _sigterm_raises_terminated():
+            try:
+                code = super().main(arguments, prog_name, complete_var, standalone_mode=False, **extra)
+            except typer.TyperException as exc:  # bad option or argument: the parser's message, exit 2
+                _show_parse_error(exc)
+                code = _emit_error_json(getattr(exc, "exit_code", ExitCode.USAGE), exc.format_message())
+            except (typer.Abort, KeyboardInterrupt) as exc:
+                code = _emit_error_json(_interrupt_code(exc), "interrupted")
+        code = ExitCode.TERMINATED if _state.terminated else (code or 0)
+        if not standalone_mode:
+            return code
+        sys.exit(int(code))
+
+
 app = typer.Typer(
+    cls=_CosalGroup,
     name="cosal",
     help=f"Co-saliency detection: image groups in, one map per image out. {EXIT_CODES_HELP}",
     no_args_is_help=True,
@@ -49,19 +79,88 @@ def main() -> None:
     app()
 
 
+def _show_parse_error(exc: typer.TyperException) -> None:
+    """The parse error as typer prints it on its own (a rich panel), or plainly without rich."""
+    try:
+        from typer.rich_utils import rich_format_error
+    except ImportError:
+        exc.show()
+    else:
+        rich_format_error(exc)
+
+
+class _RunState:
+    """What one invocation has done so far: whether it owes a JSON object, and whether SIGTERM came."""
+
+    def reset(self, json_wanted: bool) -> None:
+        self.json_wanted, self.json_printed, self.terminated = json_wanted, False, False
+
+
+_state = _RunState()
+_state.reset(json_wanted=False)
+
+
+def _print_json(document: Any) -> None:
+    _state.json_printed = True
+    stdout.print_json(json.dumps(document))
+
+
+def _emit_error_json(code: int, message: str | None) -> int:
+    """With --json, the one JSON object of an exit that had no result to print; returns ``code``."""
+    if _state.json_wanted and not _state.json_printed:
+        _print_json({"cosal_version": __version__, "exit_code": int(code), "error": message})
+    return code
+
+
+def _interrupt_code(exc: BaseException) -> ExitCode:
+    terminated = isinstance(exc, Terminated) or _state.terminated
+    return ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
+
+
+@contextmanager
+def _sigterm_raises_terminated() -> Iterator[None]:
+    """SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread, so a kill or a scheduler's
+    time limit ends the run as Ctrl-C does: complete maps only, a summary, exit 143."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        _state.terminated = True
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _handle_errors(command: Callable) -> Callable:
-    """Turn CosalError into a one-line message and its documented exit code."""
+    """Turn every way a command can end into a one-line message, its documented exit code and, with
+    --json, one JSON object: CosalError (2-4), Ctrl-C (130), SIGTERM (143), a bug (5)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
         except CosalError as exc:
             stderr.print(f"[bold red]error:[/] {_escape(str(exc))}")
-            raise typer.Exit(int(exc.exit_code)) from None
-        except KeyboardInterrupt:
-            stderr.print("[yellow]interrupted[/]")
-            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+            raise typer.Exit(_emit_error_json(exc.exit_code, str(exc))) from None
+        except KeyboardInterrupt as exc:
+            code = _interrupt_code(exc)
+            stderr.print("[yellow]terminated[/]" if code == ExitCode.TERMINATED else "[yellow]interrupted[/]")
+            raise typer.Exit(_emit_error_json(code, "terminated" if code == ExitCode.TERMINATED else "interrupted"))
+        except Exception as exc:
+            message = f"internal error ({type(exc).__name__}: {first_line(exc)}); please report it"
+            stderr.print(f"[bold red]error:[/] {_escape(message)}")
+            if kwargs.get("debug"):
+                stderr.print(_escape("".join(traceback.format_exception(exc))))
+            else:
+                stderr.print("[dim]rerun with --debug for the traceback[/]")
+            raise typer.Exit(_emit_error_json(ExitCode.INTERNAL_ERROR, message)) from None
 
     return wrapper
 
@@ -103,6 +202,15 @@ SismDirOption = Annotated[
     Optional[Path],
     typer.Option("--sism-dir", help="ICNet: precomputed SISMs, DIR/<group>/<stem>.png, from any detector."),
 ]
+LayoutOption = Annotated[
+    str,
+    typer.Option("--layout", help="How to read each PATH folder: auto (images inside: one group; only "
+                 "sub-folders: a folder of groups; both: an error asking you to choose), group (the folder is "
+                 "one group, sub-folders ignored) or groups (each sub-folder is a group, loose images ignored)."),
+]
+DebugOption = Annotated[
+    bool, typer.Option("--debug", help="Print the traceback of an internal error (exit 5) to report it.")
+]
 ChunkOption = Annotated[
     Optional[int],
     typer.Option("--chunk", min=1, help="ICNet: run each group in sub-groups of N images to bound memory. "
@@ -132,9 +240,11 @@ def detect(
     sism: SismOption = None,
     sism_dir: SismDirOption = None,
     chunk: ChunkOption = None,
+    layout: LayoutOption = "auto",
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network for weights.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors (and --json).")] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Write a co-saliency map for every image of every group."""
     from cosal_cli import hub, io, methods, pipeline
@@ -143,12 +253,12 @@ def detect(
         raise UsageError("--skip-existing and --overwrite exclude each other")
     method_name = method or methods.DEFAULT_METHOD
     methods.card(method_name)  # unknown names fail before any file is read
-    discovery = io.discover(io.read_paths(paths))
+    discovery = io.discover(io.read_paths(paths), layout)
     existing = "skip" if skip_existing else "overwrite" if overwrite else "error"
     total = sum(len(group.images) + len(group.problems) for group in discovery.groups)
 
     with _progress(quiet, total) as progress:
-        reporter = _ConsoleReporter(progress, quiet)
+        reporter = _ConsoleReporter(progress, quiet, debug)
         summary = pipeline.run(
             discovery,
             method_name,
@@ -162,7 +272,7 @@ def detect(
             download_progress=_download_progress(progress) if progress else None,
         )
     if json_output:
-        stdout.print_json(json.dumps(summary.to_json()))
+        _print_json(summary.to_json())
     if not quiet:
         _print_detect_summary(summary)
     raise typer.Exit(int(summary.exit_code))
@@ -184,8 +294,8 @@ def _method_options(sism: str | None, sism_dir: Path | None, chunk: int | None, 
 class _ConsoleReporter:
     """Progress bar on a terminal, one plain line per group otherwise; errors always on stderr."""
 
-    def __init__(self, progress: Progress | None, quiet: bool):
-        self.progress, self.quiet = progress, quiet
+    def __init__(self, progress: Progress | None, quiet: bool, debug: bool = False):
+        self.progress, self.quiet, self.debug = progress, quiet, debug
         self.console = progress.console if progress else stderr
         self.task = progress.tasks[0].id if progress and progress.tasks else None
 
@@ -195,6 +305,11 @@ class _ConsoleReporter:
 
     def problem(self, problem: Problem) -> None:
         self.console.print(f"[bold red]error:[/] {_escape(str(problem))}")
+        if self.debug and problem.traceback and problem.traceback != self._last_traceback:
+            self.console.print(_escape(problem.traceback))  # once per group, not once per image
+        self._last_traceback = problem.traceback
+
+    _last_traceback: str | None = None
 
     def advance(self, images: int) -> None:
         if self.progress is not None and self.task is not None:
@@ -251,8 +366,12 @@ def _print_detect_summary(summary: Summary) -> None:
     for group in summary.groups:
         if group.written:
             stderr.print(f"  {_escape(group.output)}/")
+    if summary.internal_errors:
+        stderr.print(f"[bold red]{summary.internal_errors} group(s) hit an internal error[/] (exit 5): "
+                     "rerun with --debug for the traceback and report it")  # fmt: skip
     if summary.interrupted:
-        stderr.print("[yellow]interrupted: rerun with --skip-existing to finish[/]")
+        how = "terminated (SIGTERM)" if summary.terminated else "interrupted"
+        stderr.print(f"[yellow]{how}: rerun with --skip-existing to finish[/]")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,7 +381,8 @@ def _print_detect_summary(summary: Summary) -> None:
 BENCH_EPILOG = (
     "Exit codes: 0 every mask scored, 1 some predictions or masks missing or unreadable (named on stderr "
     "and in --json), 2 usage error or dataset not found, 3 weights unavailable, 4 weights checksum "
-    "mismatch, 130 interrupted."
+    "mismatch, 5 internal error while running a method on some group, 130 interrupted, 143 terminated "
+    "(SIGTERM). With --json, every exit prints one JSON object with exit_code."
 )
 
 
@@ -308,6 +428,7 @@ def bench(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors (and --json).")] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Score methods, or maps from any tool, on co-saliency benchmarks."""
     from cosal_cli import bench as benchmark
@@ -339,7 +460,7 @@ def bench(
             output=output,
             protocol=protocol,
             group_average=group_average,
-            reporter=_BenchConsoleReporter(progress, quiet),
+            reporter=_BenchConsoleReporter(progress, quiet, debug),
             existing="skip" if skip_existing else "overwrite" if overwrite else "error",
             device_spec=device,
             batch_size=batch_size,
@@ -354,7 +475,7 @@ def bench(
             if not quiet:
                 stderr.print(f"wrote {_escape(str(path))}")
     if json_output:
-        stdout.print_json(json.dumps(result.to_json()))
+        _print_json(result.to_json())
     elif not quiet:
         _print_bench_tables(result)
     if not quiet:
@@ -526,7 +647,7 @@ def train(
     with _progress(quiet, None, TRAIN_COLUMNS) as progress:
         metadata = run_training(settings, _TrainConsoleReporter(progress, quiet))
     if json_output:
-        stdout.print_json(json.dumps(metadata))
+        _print_json(metadata)
     elif not quiet:
         kept = metadata["validation"]["kept"]
         stdout.print(
@@ -603,7 +724,7 @@ def list_methods(json_output: Annotated[bool, typer.Option("--json", help="Machi
             }
         )
     if json_output:
-        stdout.print_json(json.dumps(rows))
+        _print_json(rows)
         return
     table = Table(title="cosal methods", show_lines=True)
     for column in ("method", "paper", "weights (cached?)", "SISM", "refiners"):
@@ -667,7 +788,7 @@ def weights_list(json_output: Annotated[bool, typer.Option("--json", help="Machi
             row["import_command"] = component.source.command()
         rows.append(row)
     if json_output:
-        stdout.print_json(json.dumps(rows))
+        _print_json(rows)
         return
     table = Table(title=f"weight components ({hub.manifest.path})", show_lines=True)
     for column in ("component", "methods", "source", "size", "licence", "cached"):
@@ -741,7 +862,7 @@ def weights_verify(
         rows = [
             {"id": s.component.id, "state": s.state, "path": str(s.path), "detail": s.detail} for s in statuses
         ]
-        stdout.print_json(json.dumps(rows))
+        _print_json(rows)
     else:
         colours = {"ok": "green", "missing": "yellow", "corrupt": "bold red"}
         for status in statuses:
@@ -809,7 +930,7 @@ def weights_import(
     users = [m for c in hub.manifest.importer(importer) for m in hub.manifest.users(c.id)]
     readiness = {method: hub.method_status(method, known_ok=imported) for method in dict.fromkeys(users)}
     if json_output:
-        stdout.print_json(json.dumps(_import_json(outcomes, readiness, worst)))
+        _print_json(_import_json(outcomes, readiness, worst))
     for outcome in outcomes:
         found = f" (found in {outcome.found_in})" if outcome.found_in else ""
         if outcome.error:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cosal_cli.errors import UsageError
-from cosal_cli.io import IMAGE_SUFFIXES, Problem, abbreviate
+from cosal_cli.io import IMAGE_SUFFIXES, Problem, abbreviate, unusable_reason
 
 #: Folder names that hold images or masks, as spelled by the tools in the field (compared casefolded).
 IMAGE_DIRS = ("image", "images", "img", "imgs")
@@ -228,14 +228,14 @@ def _pair(dataset: Dataset, require_images: bool = True) -> None:
     reported and left out when a method must run on the images; scoring given predictions needs
     only the masks, so then they stay.
     """
-    image_groups = subfolders(dataset.image_root) if dataset.image_root is not None else {}
-    for key, mask_dir in subfolders(dataset.mask_root).items():
-        masks = files_by_stem(mask_dir)
+    image_groups = _listed(subfolders, dataset.image_root, dataset) if dataset.image_root is not None else {}
+    for key, mask_dir in _listed(subfolders, dataset.mask_root, dataset).items():
+        masks = _listed(files_by_stem, mask_dir, dataset)
         if not masks:
             continue
         image_dir = image_groups.pop(key, None)
         group = DatasetGroup(mask_dir.name, mask_dir, image_dir)
-        images = files_by_stem(image_dir) if image_dir is not None else None
+        images = _listed(files_by_stem, image_dir, dataset) if image_dir is not None else None
         if dataset.image_root is not None and image_dir is None and require_images:
             dataset.problems.append(Problem(mask_dir, "masks without an image folder of the same name", group.name))
             continue
@@ -253,6 +253,15 @@ def _pair(dataset: Dataset, require_images: bool = True) -> None:
             dataset.groups.append(group)
     for image_dir in image_groups.values():
         dataset.problems.append(Problem(image_dir, f"image group without masks in {dataset.mask_root}", image_dir.name))
+
+
+def _listed(lister, folder: Path, dataset: Dataset) -> dict[str, Path]:
+    """``lister(folder)``, or nothing and a problem naming the folder when it cannot be listed."""
+    try:
+        return lister(folder)
+    except OSError as exc:
+        dataset.problems.append(Problem(folder, "cannot list this folder: " + unusable_reason(folder, exc)))
+        return {}
 
 
 def subfolders(folder: Path) -> dict[str, Path]:

@@ -1,7 +1,7 @@
 """Errors that end a command, each carrying the exit code a shell script sees.
 
 Per-image problems are not exceptions of this kind: the pipeline records them and carries on
-(see ``pipeline.Failure``); only whole-run problems (bad usage, missing or corrupt weights)
+(see ``io.Problem``); only whole-run problems (bad usage, missing or corrupt weights)
 stop a command.
 """
 
@@ -18,7 +18,13 @@ class ExitCode(IntEnum):
     USAGE = 2
     WEIGHTS_UNAVAILABLE = 3
     WEIGHTS_CHECKSUM = 4
-    INTERRUPTED = 130
+    INTERNAL_ERROR = 5  # a bug met in some group (or the whole run); the others were processed
+    INTERRUPTED = 130  # SIGINT (Ctrl-C)
+    TERMINATED = 143  # SIGTERM (kill, a cluster scheduler's time limit)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that the same clean-up runs; exits 143."""
 
 
 class CosalError(Exception):
@@ -47,6 +53,13 @@ class ChecksumMismatch(CosalError):
     """A downloaded, converted or cached file does not have the sha256 the manifest pins."""
 
     exit_code = ExitCode.WEIGHTS_CHECKSUM
+
+
+class InputError(Exception):
+    """One input (an image, a group's SISM) cannot be used; the message is the reason and the fix.
+
+    Not a CosalError: it never ends a command. The pipeline records it against the input and goes on.
+    """
 
 
 def first_line(exc: BaseException) -> str:

@@ -6,20 +6,22 @@ so the pipeline can report them and carry on with the rest of the batch.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import sys
 import tempfile
-import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cosal_cli.errors import first_line
+from cosal_cli import decode_messages
+from cosal_cli.errors import InputError, UsageError, first_line
 
 #: Pillow format names cosal decodes (MPO is the multi-picture JPEG many cameras write).
 SUPPORTED_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF"}
@@ -38,6 +40,7 @@ class Problem:
     path: Path
     message: str
     group: str | None = None
+    traceback: str | None = field(default=None, compare=False, repr=False)  # only for cosal's own errors
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
@@ -73,10 +76,21 @@ class Discovery:
 def sniff(path: Path) -> str | None:
     """Image type from the first bytes, or None; names unsupported types too (GIF, HEIC ...)."""
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(32)
+        return _kind_of(_read_head(path))
     except OSError:
         return None
+
+
+def _read_head(path: Path, size: int = 32) -> bytes:
+    """The first bytes of a file; non-blocking, so a FIFO that appears under an image name cannot hang us."""
+    handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        return os.read(handle, size)
+    finally:
+        os.close(handle)
+
+
+def _kind_of(head: bytes) -> str | None:
     if head.startswith(b"\xff\xd8\xff"):
         return "JPEG"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -102,107 +116,258 @@ def sniff(path: Path) -> str | None:
     return None
 
 
-def _is_candidate(path: Path) -> bool:
-    return not path.name.startswith(".") and path.is_file() and (
-        path.suffix.lower() in IMAGE_SUFFIXES or sniff(path) is not None
-    )
+def _looks_like_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _has_images(folder: Path) -> bool:
+# ----------------------------------------------------------------------------------------------
+# Looking at paths without ever raising
+# ----------------------------------------------------------------------------------------------
+
+
+def _status(path: Path) -> tuple[os.stat_result | None, str]:
+    """``(stat, "")`` with links followed, or ``(None, reason)`` naming why the path cannot be used."""
     try:
-        return any(_is_candidate(entry) for entry in folder.iterdir())
-    except OSError:
-        return False
+        return path.stat(), ""
+    except OSError as exc:
+        return None, unusable_reason(path, exc)
+
+
+def unusable_reason(path: Path, exc: OSError) -> str:
+    """A one-line reason, with the fix, for an OSError met while looking at or reading ``path``."""
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop (the link leads back to itself); remove or fix the link"
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR) and path.is_symlink():
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return f"broken symbolic link: its target {target} does not exist; remove or fix the link"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied; give yourself read access (chmod u+r, and u+x for a folder) or leave it out"
+    if exc.errno == errno.ENOENT:
+        return "no such file or folder"
+    return f"cannot read it ({exc.strerror or first_line(exc)}); check the disk or the path"
+
+
+@dataclass
+class _Listing:
+    """What a folder holds, sorted by name; nothing in it can raise later."""
+
+    images: list[Path] = field(default_factory=list)  # regular files whose content is a supported image
+    problems: list[Problem] = field(default_factory=list)  # entries that look like images but cannot be used
+    subfolders: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # hidden, non-image and other entries
+    unreachable: list[Problem] = field(default_factory=list)  # other entries whose target cannot be seen
+
+    @property
+    def image_like(self) -> int:
+        return len(self.images) + len(self.problems)
+
+
+def _list_folder(folder: Path, group: str) -> _Listing | Problem:
+    """Sort a folder's entries into images, unusable image-like files, sub-folders and the rest."""
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    except OSError as exc:
+        return Problem(folder, "cannot list this folder: " + unusable_reason(folder, exc), group)
+    listing = _Listing()
+    for entry in entries:
+        if entry.name.startswith("."):
+            listing.skipped.append(entry.name)
+            continue
+        status, reason = _status(entry)
+        if status is None:  # a broken link: a lost image in a group, or a lost group in a folder of groups
+            problem = Problem(entry, reason, group)
+            (listing.problems if _looks_like_image(entry) else listing.unreachable).append(problem)
+        elif stat.S_ISDIR(status.st_mode):
+            listing.subfolders.append(entry)
+        elif not stat.S_ISREG(status.st_mode):  # FIFO, socket, device: never opened
+            if _looks_like_image(entry):
+                what = "a FIFO" if stat.S_ISFIFO(status.st_mode) else "a device or socket"
+                listing.problems.append(Problem(entry, f"not a regular file ({what}); cosal reads image files", group))
+            else:
+                listing.skipped.append(entry.name)
+        else:
+            _sort_file(entry, status, listing, group)
+    return listing
+
+
+def _sort_file(entry: Path, status: os.stat_result, listing: _Listing, group: str) -> None:
+    try:
+        kind = _kind_of(_read_head(entry))
+    except OSError as exc:
+        listing.problems.append(Problem(entry, unusable_reason(entry, exc), group))
+        return
+    if kind in SUPPORTED_FORMATS:
+        listing.images.append(entry)
+    elif kind is not None:
+        listing.problems.append(Problem(entry, _unsupported_message(kind), group))
+    elif _looks_like_image(entry):
+        message = "empty file (0 bytes)" if status.st_size == 0 else (
+            "not an image: the content is not JPEG, PNG, BMP, WebP or TIFF (corrupt or misnamed)"
+        )
+        listing.problems.append(Problem(entry, message, group))
+    else:
+        listing.skipped.append(entry.name)
+
+
+def _holds_images(folder: Path) -> bool:
+    """Whether a sub-folder is a group or a dataset root: images directly inside, or an ``Image`` folder."""
+    if folder.name.lower() in DATASET_IMAGE_DIRS:
+        return True
+    listing = _list_folder(folder, folder.name)
+    return isinstance(listing, _Listing) and listing.image_like > 0
 
 
 # ----------------------------------------------------------------------------------------------
 # Discovery
 # ----------------------------------------------------------------------------------------------
 
+#: How a folder given on the command line is read: ``auto`` tells a group from a folder of groups by
+#: whether it holds images, and refuses to guess when it holds both images and group folders.
+LAYOUTS = ("auto", "group", "groups")
+
 
 def read_paths(arguments: Iterable[str], stdin: TextIO | None = None) -> list[str]:
-    """Expand ``-`` into the group paths read from stdin, one per line (blank lines ignored)."""
+    """Expand ``-`` into the group paths read from stdin, one per line (blank lines ignored).
+
+    A ``-`` that reads no path at all is a usage error: an empty pipe is almost always a mistake
+    upstream (a ``find`` that matched nothing), and exiting 0 would hide it.
+    """
     stdin = stdin if stdin is not None else sys.stdin
     paths: list[str] = []
     for argument in arguments:
         if argument == "-":
-            paths += [line.rstrip("\r\n") for line in stdin if line.strip()]
+            lines = [line.rstrip("\r\n") for line in stdin if line.strip()]
+            if not lines:
+                raise UsageError("'-' read no paths from standard input; pipe group folders in, one per line")
+            paths += lines
         else:
             paths.append(argument)
     return paths
 
 
-def discover(paths: Iterable[str | Path]) -> Discovery:
-    """Turn command-line paths into groups.
+def discover(paths: Iterable[str | Path], layout: str = "auto") -> Discovery:
+    """Turn command-line paths into groups; never raises for anything on disk.
 
     A folder that holds images is one group. A folder that holds no images directly is a folder of
     groups: each sub-folder is a group (an empty one is reported). A dataset root in the standard
-    layout (``Image/<group>/`` next to ``GroundTruth/``) is read through its ``Image`` folder.
+    layout (``Image/<group>/`` next to ``GroundTruth/``) is read through its ``Image`` folder. A
+    folder holding both images and group folders is reported, naming ``--layout group|groups``,
+    unless ``layout`` says which it is. A folder given twice is read once.
     """
+    if layout not in LAYOUTS:
+        raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
     found = Discovery()
     for raw in paths:
         path = Path(raw)
-        if not path.exists():
-            found.problems.append(Problem(path, "no such file or folder"))
-        elif not path.is_dir():
+        status, reason = _status(path)
+        if status is None:
+            found.problems.append(Problem(path, reason))
+        elif not stat.S_ISDIR(status.st_mode):
             found.problems.append(Problem(path, "not a folder; pass the folder that holds the group's images"))
-        elif _has_images(path):
-            found.groups.append(_scan_group(path))
         else:
-            found.groups += _scan_folder_of_groups(path, found)
+            found.groups += _read_folder(path, layout, found)
+    _drop_repeated_folders(found)
     _deduplicate_group_names(found)
     return found
 
 
-def _scan_folder_of_groups(folder: Path, found: Discovery) -> list[Group]:
-    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _read_folder(folder: Path, layout: str, found: Discovery) -> list[Group]:
+    listing = _list_folder(folder, _group_name(folder))
+    if isinstance(listing, Problem):
+        found.problems.append(listing)
+        return []
+    if layout == "groups" or (layout == "auto" and not listing.image_like):
+        if listing.image_like:
+            names = [p.name for p in listing.images] + [p.path.name for p in listing.problems]
+            found.notices.append(
+                f"{folder}: --layout groups: skipped {len(names)} loose image(s) beside the group folders: "
+                f"{abbreviate(names)}"
+            )
+        found.problems += [replace(problem, group=None) for problem in listing.unreachable]
+        return _read_folder_of_groups(folder, listing.subfolders, found)
+    if layout == "auto":
+        group_folders = [sub for sub in listing.subfolders if _holds_images(sub)]
+        if group_folders:
+            found.problems.append(Problem(folder, _mixed_folder_message(listing.image_like, group_folders)))
+            return []
+    if not listing.image_like:
+        found.problems.append(Problem(folder, "no images in this folder (--layout group)"))
+        return []
+    return [_group_from(folder, listing)]
+
+
+def _mixed_folder_message(images: int, group_folders: list[Path]) -> str:
+    names = abbreviate([sub.name + "/" for sub in group_folders], 3)
+    return (
+        f"holds {images} image(s) and {len(group_folders)} sub-folder(s) with images ({names}), so it is not "
+        "clear what the groups are; pass --layout group (this folder is one group, sub-folders ignored) or "
+        "--layout groups (each sub-folder is a group, the loose images ignored)"
+    )
+
+
+def _read_folder_of_groups(folder: Path, subfolders: list[Path], found: Discovery) -> list[Group]:
+    subfolders = [p for p in subfolders if not p.name.startswith(".")]
     image_root = next((p for p in subfolders if p.name.lower() in DATASET_IMAGE_DIRS), None)
     if image_root is not None:
         found.notices.append(f"{folder}: dataset layout, reading the groups in {image_root}")
-        subfolders = sorted(p for p in image_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        listing = _list_folder(image_root, image_root.name)
+        if isinstance(listing, Problem):
+            found.problems.append(listing)
+            return []
+        subfolders = listing.subfolders
+        found.problems += [replace(problem, group=None) for problem in listing.unreachable]
     if not subfolders:
         found.problems.append(Problem(folder, "empty: no images and no group folders"))
     groups = []
     for subfolder in subfolders:
-        group = _scan_group(subfolder)
-        if not group.images and not group.problems:
-            found.problems.append(Problem(subfolder, "empty group: no images in this folder", group.name))
+        name = _group_name(subfolder)
+        listing = _list_folder(subfolder, name)
+        if isinstance(listing, Problem):
+            found.problems.append(listing)
             continue
-        groups.append(group)
+        if not listing.image_like:
+            found.problems.append(Problem(subfolder, "empty group: no images in this folder", name))
+            continue
+        groups.append(_group_from(subfolder, listing))
     return groups
 
 
-def _scan_group(folder: Path) -> Group:
-    group = Group(name=folder.resolve().name, folder=folder)
-    images: list[Path] = []
-    skipped: list[str] = []
-    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
-        if entry.name.startswith("."):
-            skipped.append(entry.name)
-            continue
-        if entry.is_dir():
-            skipped.append(entry.name + "/")
-            continue
-        kind = sniff(entry)
-        looks_like_image = entry.suffix.lower() in IMAGE_SUFFIXES
-        if kind in SUPPORTED_FORMATS:
-            images.append(entry)
-        elif kind is not None:
-            group.problems.append(Problem(entry, _unsupported_message(kind), group.name))
-        elif looks_like_image:
-            message = "empty file (0 bytes)" if entry.stat().st_size == 0 else (
-                "not an image: the content is not JPEG, PNG, BMP, WebP or TIFF (corrupt or misnamed)"
-            )
-            group.problems.append(Problem(entry, message, group.name))
-        else:
-            skipped.append(entry.name)
-    group.images, collisions = assign_output_names(images)
+def _group_name(folder: Path) -> str:
+    try:
+        return folder.resolve().name or folder.absolute().name
+    except (OSError, RuntimeError):  # a link loop on the way (Python < 3.13 raises RuntimeError)
+        return folder.absolute().name
+
+
+def _group_from(folder: Path, listing: _Listing) -> Group:
+    group = Group(name=_group_name(folder), folder=folder, problems=listing.problems)
+    group.images, collisions = assign_output_names(listing.images)
     group.notices = [f"{group.name}: {text}" for text in collisions]
+    skipped = listing.skipped + [sub.name + "/" for sub in listing.subfolders]
+    skipped += [f"{problem.path.name} (a broken link or unreadable)" for problem in listing.unreachable]
     if skipped:
         group.notices.append(
-            f"{group.name}: skipped {len(skipped)} hidden, non-image or folder entries: {abbreviate(skipped)}"
+            f"{group.name}: skipped {len(skipped)} hidden, non-image or folder entries: {abbreviate(sorted(skipped))}"
         )
     return group
+
+
+def _drop_repeated_folders(found: Discovery) -> None:
+    """A folder reached twice (given twice, or also through its parent or a link) is one group."""
+    seen: dict[tuple[int, int], Group] = {}
+    kept = []
+    for group in found.groups:
+        status, _ = _status(group.folder)
+        key = (status.st_dev, status.st_ino) if status else (0, id(group))
+        if key in seen:
+            found.notices.append(f"{group.folder}: the same folder as {seen[key].folder}, given twice; read once")
+            continue
+        seen[key] = group
+        kept.append(group)
+    found.groups = kept
 
 
 def abbreviate(names: list[str], limit: int = 5) -> str:
@@ -271,10 +436,6 @@ def _deduplicate_group_names(found: Discovery) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-class InputError(Exception):
-    """A single image cannot be used; the message is the reason and the fix."""
-
-
 @dataclass
 class DecodedImage:
     rgb: Image.Image  # mode RGB, EXIF orientation applied
@@ -286,15 +447,21 @@ class DecodedImage:
 
 
 def load_rgb(path: Path) -> DecodedImage:
-    """Decode ``path`` to an 8-bit RGB image in display orientation, or raise InputError."""
+    """Decode ``path`` to an 8-bit RGB image in display orientation, or raise InputError (and nothing else)."""
     notes: list[str] = []
-    with _opened(path) as image:
+    with decode_messages.captured() as messages, _opened(path, messages) as image:
         frames = getattr(image, "n_frames", 1)
         if frames > 1:
             notes.append(f"{frames} frames, using the first")
+        if image.mode in ("RGB", "RGBA") and _decoded_from_16_bits(image):
+            notes.append(f"16-bit {image.mode} reduced to 8 bits per channel (the high byte of each value kept)")
         image.load()
         image = _apply_orientation(image, notes)
         rgb = _to_rgb(image, notes)
+    if messages:  # a damaged file can make libtiff complain once per row: keep the first few
+        unique = list(dict.fromkeys(messages))
+        more = f" (and {len(unique) - 3} more)" if len(unique) > 3 else ""
+        notes.append("the decoder reported damage, the map may be wrong: " + "; ".join(unique[:3]) + more)
     return DecodedImage(rgb, notes)
 
 
@@ -307,7 +474,7 @@ def load_grey(path: Path, decoder: str = "pillow") -> np.ndarray:
     ``opencv`` is ``cv2.imread(path, cv2.IMREAD_GRAYSCALE)`` (PySODMetrics' scripts; its own luma
     rounding, 16-bit data divided by 256, EXIF rotation applied).
     """
-    with _opened(path) as image:  # the same checks and messages for both decoders
+    with decode_messages.captured() as messages, _opened(path, messages) as image:  # same checks for both
         if decoder != "opencv":
             image.load()
             return np.asarray(image.convert("L"))
@@ -320,17 +487,34 @@ def load_grey(path: Path, decoder: str = "pillow") -> np.ndarray:
     return grey
 
 
+def _decoded_from_16_bits(image: Image.Image) -> bool:
+    """Whether Pillow reads this colour image from 16-bit samples (its raw mode says so before load)."""
+    for tile in getattr(image, "tile", None) or ():
+        raw_mode = tile.args if isinstance(tile.args, str) else (tile.args or ("",))[0]
+        if isinstance(raw_mode, str) and ";16" in raw_mode:
+            return True
+    return False
+
+
 @contextmanager
-def _opened(path: Path) -> Iterator[Image.Image]:
-    """Open a supported image; every way decoding can fail becomes one InputError naming the fix."""
-    if path.stat().st_size == 0:
+def _opened(path: Path, messages: list[str]) -> Iterator[Image.Image]:
+    """Open a supported image; every way decoding can fail becomes one InputError naming the fix.
+
+    The decoders raise many exception types on damaged data (``TypeError: Missing dimensions`` from
+    a TIFF with a broken tag, for one), so anything raised while the file is open is the file's
+    fault and becomes an InputError; ``messages`` (libtiff's own words) make the reason precise.
+    """
+    status, reason = _status(path)
+    if status is None:
+        raise InputError(reason)
+    if not stat.S_ISREG(status.st_mode):
+        raise InputError("not a regular file (a folder, FIFO or device); cosal reads image files")
+    if status.st_size == 0:
         raise InputError("empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                _check_supported(image)
-                yield image
+        with Image.open(path) as image:
+            _check_supported(image)
+            yield image
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
@@ -340,8 +524,20 @@ def _opened(path: Path) -> Iterator[Image.Image]:
         ) from None
     except UnidentifiedImageError:
         raise InputError("not a readable image (corrupt, or not really JPEG/PNG/BMP/WebP/TIFF)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InputError(f"truncated or corrupt image data ({first_line(exc)}); re-export or re-copy the file") from None
+    except OSError as exc:
+        if exc.errno is not None:  # opening or reading the file failed, not the decoder
+            raise InputError(unusable_reason(path, exc)) from None
+        raise InputError(_corrupt_message(exc, messages)) from None
+    except Exception as exc:
+        raise InputError(_corrupt_message(exc, messages)) from None
+
+
+def _corrupt_message(exc: Exception, messages: list[str]) -> str:
+    errors = [message for message in messages if message.startswith("libtiff error")]
+    detail = errors[0] if errors else first_line(exc)
+    if not isinstance(exc, (OSError, SyntaxError, ValueError, EOFError)):
+        detail = f"{type(exc).__name__}: {detail}"
+    return f"truncated or corrupt image data ({detail}); re-export or re-copy the file"
 
 
 def _check_supported(image: Image.Image) -> None:
@@ -410,7 +606,11 @@ def _high_depth_to_uint8(values: np.ndarray, mode: str) -> tuple[np.ndarray, str
     gives the same 8-bit value. Only data outside its format's usual range is stretched, and the
     note says so.
     """
-    values = values.astype(np.float64)
+    with np.errstate(invalid="ignore"):  # a signalling NaN (damaged float data) warns when cast
+        values = values.astype(np.float64)
+    finite = np.isfinite(values)
+    broken = "" if finite.all() else f" ({int((~finite).sum())} NaN or infinite values set to 0)"
+    values = np.where(finite, values, 0.0)  # a damaged float image: no brightness rather than noise
     low, high = float(values.min()), float(values.max())
     if mode.startswith("I;16") or (mode == "I" and low >= 0 and high <= 65535):
         # 16-bit data (Pillow may open a 16-bit PNG as mode "I"): 65535 -> 255.
@@ -420,7 +620,7 @@ def _high_depth_to_uint8(values: np.ndarray, mode: str) -> tuple[np.ndarray, str
     else:
         scaled = (values - low) * (255.0 / max(high - low, 1e-12))
         how = f"values {low:g}..{high:g} outside the format's range, stretched to 8 bits"
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8), how
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8), how + broken
 
 
 def _cmyk_to_rgb(image: Image.Image) -> Image.Image:

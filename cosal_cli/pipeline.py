@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from cosal_cli import __version__, methods
-from cosal_cli.errors import ExitCode, UsageError, first_line
+from cosal_cli.errors import ExitCode, InputError, Terminated, UsageError, first_line
 from cosal_cli.hub import ProgressCallback, WeightHub
-from cosal_cli.io import Discovery, Group, ImageFile, InputError, Problem, load_rgb, write_map
+from cosal_cli.io import Discovery, Group, ImageFile, Problem, load_rgb, write_map
 from cosal_cli.methods.base import MethodOptions
 from cosal_cli.sism import GroupImages
 
@@ -62,6 +63,8 @@ class Summary:
     notices: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     interrupted: bool = False
+    terminated: bool = False  # the interruption was SIGTERM, not Ctrl-C
+    internal_errors: int = 0  # groups in which cosal itself failed (a bug, not the input)
 
     @property
     def images(self) -> int:
@@ -78,7 +81,9 @@ class Summary:
     @property
     def exit_code(self) -> ExitCode:
         if self.interrupted:
-            return ExitCode.INTERRUPTED
+            return ExitCode.TERMINATED if self.terminated else ExitCode.INTERRUPTED
+        if self.internal_errors:
+            return ExitCode.INTERNAL_ERROR
         return ExitCode.INPUTS_FAILED if self.failures else ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
@@ -91,6 +96,7 @@ class Summary:
             "output": self.output,
             "exit_code": int(self.exit_code),
             "interrupted": self.interrupted,
+            "signal": ("SIGTERM" if self.terminated else "SIGINT") if self.interrupted else None,
             "counts": {
                 "groups": len(self.groups),
                 "images": self.images,
@@ -98,11 +104,13 @@ class Summary:
                 "skipped": self.skipped,
                 "failed": len(self.failures),
             },
+            "internal_errors": self.internal_errors,  # groups where cosal itself failed (exit 5)
             "timings": {key: round(value, 4) for key, value in self.timings.items()},
             "images_per_second": round(processed / computed, 3) if computed > 0 and processed else None,
             "groups": [asdict(group) for group in self.groups],
             "failures": [
-                {"path": str(problem.path), "group": problem.group, "message": problem.message}
+                {"path": str(problem.path), "group": problem.group, "message": problem.message,
+                 "internal": problem.traceback is not None}
                 for problem in self.failures
             ],
             "notices": self.notices,
@@ -157,6 +165,27 @@ def check_existing(discovery: Discovery, output_dir: Path, policy: str) -> None:
         )
 
 
+def check_output_location(discovery: Discovery, output_dir: Path) -> None:
+    """Refuse an output folder that would put maps among a group's photos (the next run would read them)."""
+    output = _resolved(output_dir)
+    for group in discovery.groups:
+        folder = _resolved(group.folder)
+        maps = _resolved(output_dir / group.name)
+        if output == folder or folder in output.parents or maps == folder or folder in maps.parents:
+            raise UsageError(
+                f"--output {output_dir} would write the maps of group {group.name} into its input folder "
+                f"{group.folder}, where the next run would read them as images; choose an output folder "
+                "outside the input folders"
+            )
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a link loop: compare it as written
+        return path.absolute()
+
+
 # ----------------------------------------------------------------------------------------------
 # Running
 # ----------------------------------------------------------------------------------------------
@@ -197,6 +226,7 @@ def run(
     started = time.perf_counter()
     methods.card(method_name)  # an unknown name fails before any file is touched
     device = resolve_device(device_spec)
+    check_output_location(discovery, output_dir)
     check_existing(discovery, output_dir, existing)
     summary = Summary(method=method_name, device=str(device), output=str(output_dir))
     for problem in discovery.problems:
@@ -215,8 +245,8 @@ def run(
             _record_notice(summary, reporter, message)
     try:
         _run_groups(discovery.groups, pending, method, output_dir, existing, summary, reporter)
-    except KeyboardInterrupt:
-        summary.interrupted = True
+    except KeyboardInterrupt as exc:  # the group being written is in the summary with what it wrote
+        summary.interrupted, summary.terminated = True, isinstance(exc, Terminated)
     summary.timings["total_s"] = time.perf_counter() - started
     return summary
 
@@ -317,14 +347,43 @@ def _run_groups(groups, pending, method, output_dir, existing, summary, reporter
                 if id(group) not in pending_ids:
                     _finish_group(_skipped_group_report(group, output_dir, summary, reporter), 0.0, summary, reporter)
                     continue
-                decoded = upcoming.result()
-                upcoming = decode_next()
-                summary.timings["decode_s"] += decoded.seconds
-                _process_group(group, decoded, method, output_dir, existing, summary, reporter)
+                decoding, upcoming = upcoming, decode_next()
+                _run_group(group, decoding, method, output_dir, existing, summary, reporter)
         except BaseException:
             if upcoming is not None:
                 upcoming.cancel()
             raise
+
+
+def _run_group(group, decoding: Future, method, output_dir, existing, summary, reporter) -> None:
+    """One group, isolated: whatever goes wrong in it is reported against it and the batch goes on.
+
+    The report is finished even when Ctrl-C or SIGTERM arrives, so the summary counts the maps that
+    group had already written.
+    """
+    started = time.perf_counter()
+    report = _new_report(group, output_dir, summary, reporter)
+    try:
+        decoded = decoding.result()
+        summary.timings["decode_s"] += decoded.seconds
+        _process_group(group, decoded, method, output_dir, existing, report, summary, reporter)
+    except Exception as exc:  # a bug in cosal or a library, never the input's fault: exit 5
+        _internal_error(group, exc, report, summary, reporter)
+    finally:
+        _finish_group(report, started, summary, reporter)
+
+
+def _internal_error(group: Group, exc: Exception, report: GroupReport, summary: Summary, reporter: Reporter) -> None:
+    summary.internal_errors += 1
+    details = "".join(traceback.format_exception(exc))
+    message = (
+        f"internal error in group {group.name} ({type(exc).__name__}: {first_line(exc)}); the other groups "
+        "are processed: rerun with --debug for the traceback and report it"
+    )
+    handled = {entry["input"] for entry in report.outputs}
+    unfinished = [image.path for image in group.images if str(image.path) not in handled] or [group.folder]
+    for path in unfinished:
+        _fail(report, Problem(path, message, group.name, traceback=details), summary, reporter)
 
 
 def decode_group(group: Group, size: int) -> DecodedGroup:
@@ -338,9 +397,6 @@ def decode_group(group: Group, size: int) -> DecodedGroup:
         except InputError as exc:
             problems.append(Problem(image.path, str(exc), group.name))
             continue
-        except OSError as exc:  # the file vanished or is unreadable between discovery and now
-            problems.append(Problem(image.path, f"cannot read: {exc.strerror or exc}", group.name))
-            continue
         notes += [f"{image.path}: {note}" for note in decoded.notes]
         kept.append(image)
         sizes.append(decoded.size)
@@ -350,24 +406,24 @@ def decode_group(group: Group, size: int) -> DecodedGroup:
     return DecodedGroup(kept, sizes, stacked, problems, notes, time.perf_counter() - tick)
 
 
-def _process_group(group, decoded: DecodedGroup, method, output_dir, existing, summary, reporter) -> None:
-    started = time.perf_counter()
-    report = _new_report(group, output_dir, summary, reporter)
+def _process_group(group, decoded: DecodedGroup, method, output_dir, existing, report, summary, reporter) -> None:
     for note in decoded.notes:
         _record_notice(summary, reporter, note)
     for problem in decoded.problems:
         _fail(report, problem, summary, reporter)
-    if decoded.pixels is not None:
-        try:
-            sources = GroupImages(group.name, tuple(image.output_name.removesuffix(".png") for image in decoded.images))
-            maps = _predict(method, decoded.pixels, sources, summary)
-        except (RuntimeError, ValueError) as exc:  # out of memory, numerical trouble: this group only
-            for image in decoded.images:
-                message = f"{method.name} failed on group {group.name}: {first_line(exc)}"
-                _fail(report, Problem(image.path, message, group.name), summary, reporter)
-        else:
-            _write_group(group, decoded, maps, method, output_dir, existing, report, summary, reporter)
-    _finish_group(report, started, summary, reporter)
+    if decoded.pixels is None:
+        return
+    try:
+        sources = GroupImages(group.name, tuple(image.output_name.removesuffix(".png") for image in decoded.images))
+        maps = _predict(method, decoded.pixels, sources, summary)
+    except (InputError, torch.OutOfMemoryError) as exc:  # the group's inputs or its size, not a bug
+        hint = "; lower --batch-size (or use --chunk where the method takes it)" if isinstance(
+            exc, torch.OutOfMemoryError) else ""  # fmt: skip
+        for image in decoded.images:
+            message = f"{method.name} failed on group {group.name}: {first_line(exc)}{hint}"
+            _fail(report, Problem(image.path, message, group.name), summary, reporter)
+    else:
+        _write_group(group, decoded, maps, method, output_dir, existing, report, summary, reporter)
 
 
 def _predict(method, pixels: np.ndarray, sources: GroupImages, summary: Summary) -> torch.Tensor:
@@ -380,7 +436,7 @@ def _predict(method, pixels: np.ndarray, sources: GroupImages, summary: Summary)
     finally:
         summary.timings["compute_s"] += time.perf_counter() - tick
     if maps.ndim != 3 or maps.shape[0] != pixels.shape[0]:
-        raise RuntimeError(f"{method.name} returned maps of shape {tuple(maps.shape)} for {pixels.shape[0]} images")
+        raise TypeError(f"{method.name} returned maps of shape {tuple(maps.shape)} for {pixels.shape[0]} images")
     return maps
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cosal_cli.errors import UsageError
+from cosal_cli.errors import InputError, UsageError
 
 SISM_SIZE = 224
 
@@ -62,7 +62,7 @@ class SismChoice:
         return self.generator is not None or self.directory is not None
 
 
-class MissingSisms(ValueError):
+class MissingSisms(InputError, ValueError):
     """A ``--sism-dir`` lacks maps for some images of a group (the group cannot run without them)."""
 
 

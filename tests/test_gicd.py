@@ -113,7 +113,8 @@ def test_consensus_does_not_depend_on_the_chunk_size():
     images = torch.randn(5, 3, 64, 64)
     first = model.consensus(images)
     model.chunk = 5
-    torch.testing.assert_close(model.consensus(images), first, atol=1e-6, rtol=0)
+    # Chunks change only the order of the float32 additions, so the sums agree to rounding (about 1e-6).
+    torch.testing.assert_close(model.consensus(images), first, atol=1e-5, rtol=0)
 
 
 def official_state(**changes) -> dict[str, torch.Tensor]:

@@ -206,7 +206,7 @@ def test_hidden_non_image_and_subfolder_entries_are_skipped_with_one_notice(tmp_
     write_bytes(folder / ".DS_Store", b"\x00\x00\x00\x01Bud1")
     (folder / "notes.txt").write_text("not a picture\n")
     make_group(folder / "extra", ["hidden_inside.jpg"])
-    found = discover([folder])
+    found = discover([folder], layout="group")  # a sub-folder with images makes auto ask (test_bad_input)
     group = found.groups[0]
     assert image_names(group) == ["a.jpg"]
     assert group.problems == []
