@@ -45,12 +45,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from cosal_cli.hub import WeightHub
-    from cosal_cli.methods.csmg_mask import Method
+    from cosal_cli.methods.loader import load_method
     from cosal_cli.refine.admm import co_salient_masks
 
     device = torch.device(args.device)
-    method = Method({"backbone": WeightHub().resolve("vgg16-imagenet", offline=True)}, device)
+    method = load_method("csmg-mask", device, offline=True)
     print(f"device {device}, torch threads {torch.get_num_threads()}, repeats {args.repeats}")
     print(f"{'images':>6} {'backbone s':>11} {'ADMM s':>8} {'ADMM share':>10} {'detect img/s':>13}")
     for size in args.sizes:
@@ -59,8 +58,8 @@ def main() -> None:
         batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255).to(device)
         with torch.inference_mode():
             features = method.features(batch).cpu()
-            backbone = median_time(lambda: method.features(batch), args.repeats)
-            admm = median_time(lambda: co_salient_masks(features), args.repeats)
+            backbone = median_time(lambda batch=batch: method.features(batch), args.repeats)
+            admm = median_time(lambda features=features: co_salient_masks(features), args.repeats)
         rate = detect_rate(paths, args.device)
         print(f"{size:>6} {backbone:>11.3f} {admm:>8.3f} {admm / (backbone + admm):>10.1%} {rate:>13.2f}")
 
@@ -73,7 +72,7 @@ def detect_rate(paths: list[Path], device: str) -> float:
         for index, path in enumerate(paths):
             shutil.copy(path, group / f"{index:04d}{path.suffix}")
         command = [sys.executable, "-m", "cosal_cli", "detect", str(group), "-o", str(Path(tmp) / "out"),
-                   "--device", device, "--offline", "--json", "--quiet"]  # fmt: skip
+                   "--method", "csmg-mask", "--device", device, "--offline", "--json", "--quiet"]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True, check=True)
         return json.loads(result.stdout)["images_per_second"]
 

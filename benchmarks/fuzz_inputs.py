@@ -72,7 +72,8 @@ SPECIAL_KINDS = ("symlink-loop", "symlink-dangling", "symlink-dirloop", "symlink
 EXTREMES = (0, 1, 0xFFFF, 0x10000, 100_000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF)
 TIFF_TAGS = {256: "width", 257: "height", 258: "bps", 259: "compression", 262: "photometric",
              273: "strip-offsets", 274: "orientation", 277: "spp", 278: "rows-per-strip",
-             279: "strip-bytecounts", 284: "planar", 317: "predictor", 320: "colormap", 338: "extrasamples"}  # fmt: skip
+             279: "strip-bytecounts", 284: "planar", 317: "predictor", 320: "colormap",
+             338: "extrasamples"}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,7 +270,8 @@ def edit_png(data: bytearray, rng: random.Random) -> str | None:
         data[target[0] + 4 : target[0] + 8] = rng.choice((b"IDAT", b"IEND", b"PLTE", b"tRNS", b"IHDR", b"zzzz"))
     position, length, _ = target
     if rng.random() < 0.7 and position + 12 + length <= len(data):  # a right CRC gets the edit past the checksum
-        struct.pack_into(">I", data, position + 8 + length, zlib.crc32(bytes(data[position + 4 : position + 8 + length])))
+        checksum = zlib.crc32(bytes(data[position + 4 : position + 8 + length]))
+        struct.pack_into(">I", data, position + 8 + length, checksum)
         return f"hdr-{what}-crcok"
     return f"hdr-{what}"
 
@@ -557,7 +559,8 @@ def write_specials(root: Path, seed_files: list[Path], count: int, rng: random.R
     for kind in SPECIAL_KINDS:
         for index in range(max(2, min(6, count // 1000))):
             folder = root / f"{kind}-{index}"
-            group = folder / "g1" if kind in ("unreadable-dir",) or (kind == "symlink-dirloop" and index % 2) else folder
+            nested = kind in ("unreadable-dir",) or (kind == "symlink-dirloop" and index % 2)
+            group = folder / "g1" if nested else folder
             group.mkdir(parents=True)
             for companion in rng.sample(companions, 2):
                 shutil.copyfile(companion, group / companion.name)
@@ -661,7 +664,9 @@ def _worker_main(connection, unprivileged: bool) -> None:
         # Warnings raised in cosal's own code (numpy casts of NaN ...) are not crashes but worth a look.
         ours = [w for w in caught if "cosal_cli" in w.filename]
         if ours:
-            result["warnings"] = [f"{w.category.__name__}: {w.message} at {Path(w.filename).name}:{w.lineno}" for w in ours]
+            result["warnings"] = [
+                f"{w.category.__name__}: {w.message} at {Path(w.filename).name}:{w.lineno}" for w in ours
+            ]
         connection.send(result)
 
 
@@ -910,7 +915,9 @@ def check_cli(pool: WorkerPool, copies: dict[str, Entry], root: Path, work: Path
         for group in sorted(root.iterdir()):
             runs[group.name] = run_cli([str(group)], work / "out-groups", method, timeout / 3)
             runs[group.name]["specials"] = sorted(
-                f"{e.kind}: {e.origin}" for p, e in copies.items() if e.kind in SPECIAL_KINDS and Path(p).parent == group
+                f"{e.kind}: {e.origin}"
+                for p, e in copies.items()
+                if e.kind in SPECIAL_KINDS and Path(p).parent == group
             )
     statuses: dict[str, str] = {}
     for name, run in runs.items():
@@ -936,7 +943,9 @@ def check_cli(pool: WorkerPool, copies: dict[str, Entry], root: Path, work: Path
             failed += status == "failed"
             in_process = decoded_in_process.get(os.path.normpath(original.path), {}).get("decode", {})
             if in_process.get("status") == "ok":
-                not_written.append({"input": path, "original": original.path, "kind": original.kind, "cli_status": status})
+                not_written.append(
+                    {"input": path, "original": original.path, "kind": original.kind, "cli_status": status}
+                )
     return {
         "runs": {name: {k: v for k, v in run.items() if k != "summary"} for name, run in runs.items()},
         "inputs": len(inputs), "written": written, "failed": failed, "statuses": dict(Counter(
@@ -1024,8 +1033,8 @@ def save_regressions(failures: list[dict], wrong: list[dict], entries: dict[str,
         if not chosen:  # a symlink, FIFO or folder problem: described in the README, not copied
             folder = os.path.normpath(failure["examples"][0])
             made = sorted({e.origin for e in entries.values() if e.kind in SPECIAL_KINDS and e.folder == folder})
-            manifest["not_files"].append({"signature": key, "made_by": "; ".join(made) or folder, "where": failure["where"],
-                                          "found_on": found_on})  # fmt: skip
+            manifest["not_files"].append({"signature": key, "made_by": "; ".join(made) or folder,
+                                          "where": failure["where"], "found_on": found_on})  # fmt: skip
             continue
         for number, path in enumerate(chosen, 1):
             entry = entries.get(os.path.normpath(str(path)))
@@ -1191,8 +1200,11 @@ def main() -> int:
 def code_version() -> str:
     """The commit fuzzed, marked when cosal_cli has uncommitted changes (read-only git calls)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "cosal_cli"], check=False, cwd=REPO).returncode != 0
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        )
+        diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "cosal_cli"], check=False, cwd=REPO)
+        dirty = diff.returncode != 0
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head.stdout.strip() + (" + uncommitted cosal_cli changes" if dirty else "")
@@ -1214,7 +1226,8 @@ def _warning_summary(outcome: dict[str, dict]) -> dict[str, dict]:
     found: dict[str, dict] = {}
     for path, state in outcome.items():
         for text in state.get("decode", {}).get("warnings", []):
-            item = found.setdefault(re.sub(r"at io.py:\d+", "at io.py", text), {"count": 0, "example": path, "at": text})
+            warning_key = re.sub(r"at io.py:\d+", "at io.py", text)
+            item = found.setdefault(warning_key, {"count": 0, "example": path, "at": text})
             item["count"] += 1
     return found
 
@@ -1226,7 +1239,8 @@ def build_report(args, entries, main_run, unprivileged, cli, timings, started) -
     failures = main_run["failures"] + (unprivileged["failures"] if unprivileged else [])
     for name, run in (cli["runs"].items() if cli else []):
         if run["status"] != "ok":
-            failures.append({"status": run["status"], "type": "hang" if run["status"] == "hang" else "CLI " + run["status"],
+            failures.append({"status": run["status"],
+                             "type": "hang" if run["status"] == "hang" else "CLI " + run["status"],
                              "message": run.get("error", f"no result in {run.get('timeout')} s")
                              + (f" [group holds {'; '.join(run['specials'])}]" if run.get("specials") else ""),
                              "where": f"cosal detect (exit {run.get('returncode', '-')})", "phase": "cli-run",
@@ -1245,11 +1259,13 @@ def build_report(args, entries, main_run, unprivileged, cli, timings, started) -
             re.sub(r"\d+", "N", s["decode"]["message"])[:120] for s in main_run["outcome"].values()
             if s.get("decode", {}).get("status") == "input_error").most_common(15)),
         "cosal_warnings": _warning_summary(main_run["outcome"]),
-        "special_entries": {e.path: {"kind": e.kind, "origin": e.origin, **main_run["outcome"].get(os.path.normpath(e.path), {})}
+        "special_entries": {e.path: {"kind": e.kind, "origin": e.origin,
+                                     **main_run["outcome"].get(os.path.normpath(e.path), {})}
                             for e in entries if e.kind in SPECIAL_KINDS},
         "unprivileged": None if unprivileged is None else {
             "by_kind": {k: dict(v) for k, v in tally_by_kind(
-                [e for e in entries if os.path.normpath(e.path) in unprivileged["outcome"]], unprivileged["outcome"]).items()},
+                [e for e in entries if os.path.normpath(e.path) in unprivileged["outcome"]],
+                unprivileged["outcome"]).items()},
             "special_entries": {p: s for p, s in unprivileged["outcome"].items() if "/special/" in p}},
         "cli": cli,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},

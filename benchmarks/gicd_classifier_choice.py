@@ -37,7 +37,11 @@ from cosal_cli.models.vgg import VGG16Features, imagenet_normalise
 
 SIZE = 224
 #: Lite0 GIM layers: name -> index of the block whose output takes the gradient (None: the head conv).
-LITE_LAYERS = {"lite0 last conv (1280)": None, "lite0 block 15 (320, stride 32)": 15, "lite0 block 10 (112, stride 16)": 10}
+LITE_LAYERS = {
+    "lite0 last conv (1280)": None,
+    "lite0 block 15 (320, stride 32)": 15,
+    "lite0 block 10 (112, stride 16)": 10,
+}
 
 
 class DistilledHead(nn.Module):

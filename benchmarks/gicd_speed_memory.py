@@ -55,7 +55,7 @@ def network_rate(name: str, batch: torch.Tensor, device: torch.device, repeats: 
             with torch.no_grad():
                 return model.predict_group(imagenet_normalise(batch))
     else:
-        from cosal_cli.pipeline import load_method
+        from cosal_cli.methods.loader import load_method
 
         method = load_method(name, device, offline=True)
 

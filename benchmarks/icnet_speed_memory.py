@@ -42,8 +42,8 @@ def linked_home(folder: Path, cache: Path) -> Path:
 
 
 def network_rates(batch: torch.Tensor, device: torch.device, repeats: int) -> dict[str, float]:
+    from cosal_cli.methods.loader import load_method
     from cosal_cli.models import icnet as icnet_model
-    from cosal_cli.pipeline import load_method
 
     icnet = load_method("icnet", device, offline=True)
     generator = icnet.sisms

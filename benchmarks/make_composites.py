@@ -95,10 +95,12 @@ def main() -> None:
         (args.output / "Image" / group).mkdir(parents=True, exist_ok=True)
         (args.output / "GroundTruth" / group).mkdir(parents=True, exist_ok=True)
         image.save(args.output / "Image" / group / f"{item.stem}.jpg", quality=95)
-        Image.fromarray(np.round(mask * 255).astype(np.uint8)).save(args.output / "GroundTruth" / group / f"{item.stem}.png")
+        mask_image = Image.fromarray(np.round(mask * 255).astype(np.uint8))
+        mask_image.save(args.output / "GroundTruth" / group / f"{item.stem}.png")
         record.append({"image": f"{group}/{item.stem}", "donor": str(donor.image)})
     (args.output / "composites.json").write_text(json.dumps({"seed": args.seed, "images": record}, indent=1))
-    print(f"{len(record)} composite images in {len({r['image'].split('/')[0] for r in record})} groups -> {args.output}")
+    groups = {r["image"].split("/")[0] for r in record}
+    print(f"{len(record)} composite images in {len(groups)} groups -> {args.output}")
 
 
 if __name__ == "__main__":

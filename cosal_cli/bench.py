@@ -1,6 +1,6 @@
-"""Benchmarks: run methods over datasets (through the detect pipeline) and score their maps.
+"""Benchmarks: run methods over datasets (through the local runner) and score their maps.
 
-For each dataset, each ``--method`` writes its maps with :func:`cosal_cli.pipeline.run` under
+For each dataset, each ``--method`` writes its maps with :func:`cosal_cli.runners.local.run` under
 ``<output>/<method>/<dataset>/<group>/<stem>.png`` (reused with ``--skip-existing``), and each
 folder of predictions (a method's or a ``--pred`` folder from any other tool) is scored against the
 masks, one image at a time, so memory does not grow with the dataset. Every mask without a
@@ -10,6 +10,7 @@ prediction, and every unreadable file, is reported by name and counted.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -193,7 +194,9 @@ def evaluate(dataset: Dataset, pred_dir: Path, name: str, protocol: str, reporte
     index = _prediction_index(root)
     unmatched = sorted(set(index) - {group.name.casefold() for group in dataset.groups})
     if unmatched and index:
-        reporter.notice(f"{name}: prediction folders in {root} that match no group of {dataset.name}: {', '.join(unmatched)}")
+        reporter.notice(
+            f"{name}: prediction folders in {root} that match no group of {dataset.name}: {', '.join(unmatched)}"
+        )
     pairs: list[tuple[Item, Path]] = []
     for item in dataset.items:
         prediction = index.get(item.group.casefold(), {}).get(item.stem.casefold())
@@ -263,12 +266,14 @@ def run(
     batch_size: int = 8,
     offline: bool = False,
     options=None,
+    refine: Sequence[str] = (),
     download_progress=None,
 ) -> BenchResult:
     """Run ``methods`` on every dataset and score them together with the ``predictions`` folders.
 
-    ``options`` (:class:`cosal_cli.methods.base.MethodOptions`: ``--sism``, ``--chunk``) reach the
-    methods that take them; the others run as usual.
+    ``options`` maps a method name to its typed options (``--sism``, ``--subgroup``: see
+    :func:`cosal_cli.methods.split_options`); ``refine`` names refiners applied after every method,
+    and a method's maps and row are then labelled ``method+refiner`` (``gicd+ranking``).
     """
     result = BenchResult(protocol, group_average)
     try:
@@ -278,10 +283,12 @@ def run(
             for problem in dataset.problems:
                 reporter.problem(problem)
             for method in methods:
-                summary = _detect(dataset, method, output, existing, device_spec, batch_size, offline, reporter,
-                                  download_progress, options)  # fmt: skip
-                reporter.stage(f"{dataset.name}: scoring {method}", len(dataset.items))
-                method_scores = evaluate(dataset, method_output(output, method, dataset), method, protocol, reporter)
+                label = method_label(method, refine)
+                run = _MethodRun(method, label, (options or {}).get(method), list(refine))
+                summary = _detect(dataset, run, output, existing, device_spec, batch_size, offline, reporter,
+                                  download_progress)  # fmt: skip
+                reporter.stage(f"{dataset.name}: scoring {label}", len(dataset.items))
+                method_scores = evaluate(dataset, method_output(output, label, dataset), label, protocol, reporter)
                 method_scores.detect = summary
                 scores.methods.append(method_scores)
             for name, folder in predictions:
@@ -292,10 +299,21 @@ def run(
     return result
 
 
-def _detect(dataset, method, output, existing, device_spec, batch_size, offline, reporter, download_progress, options):
-    from cosal_cli import pipeline  # torch is only needed when a method runs
-    from cosal_cli.methods import method_class
-    from cosal_cli.methods.base import MethodOptions
+def method_label(method: str, refine: Sequence[str]) -> str:
+    """The name of a method's row and map folder: ``gicd``, or ``gicd+ranking`` with refiners."""
+    return "+".join([method, *refine])
+
+
+@dataclass(frozen=True)
+class _MethodRun:
+    method: str
+    label: str
+    options: Any
+    refine: list[str]
+
+
+def _detect(dataset, run: _MethodRun, output, existing, device_spec, batch_size, offline, reporter, download_progress):
+    from cosal_cli.runners import local  # torch is only needed when a method runs
 
     groups = [group.image_dir for group in dataset.groups if group.image_dir is not None]
     discovery = io.discover(groups, layout="group")  # each is a group folder of the dataset
@@ -304,19 +322,44 @@ def _detect(dataset, method, output, existing, device_spec, batch_size, offline,
         for group in discovery.groups:
             group.images = [image for image in group.images if image.path.resolve() in selected]
     total = sum(len(group.images) + len(group.problems) for group in discovery.groups)
-    reporter.stage(f"{dataset.name}: running {method}", total)
-    summary = pipeline.run(
+    reporter.stage(f"{dataset.name}: running {run.label}", total)
+    summary = local.run(
         discovery,
-        method,
-        method_output(output, method, dataset),
+        run.method,
+        method_output(output, run.label, dataset),
         device_spec=device_spec,
         existing=existing,
         batch_size=batch_size,
         offline=offline,
-        options=options if options and set(options.given()) <= method_class(method).accepts else MethodOptions(),
+        options=run.options,
+        refine=run.refine,
         reporter=reporter,
         download_progress=download_progress,
     )
     if summary.interrupted:
         raise Terminated if summary.terminated else KeyboardInterrupt
     return summary.to_json()
+
+
+def unique_datasets(found: list) -> list:
+    """Each dataset once, however often it was named (``-d coca -d CoCA``)."""
+    unique: dict[Path, Any] = {}
+    for dataset in found:
+        unique.setdefault(dataset.mask_root.resolve(), dataset)
+    return list(unique.values())
+
+
+def prediction_names(folders: list[Path], found: list, taken: list[str]) -> list[tuple[str, Path]]:
+    """Name each --pred folder after itself (its parent when it is named after the dataset), uniquely."""
+    dataset_names = {dataset.name.casefold() for dataset in found}
+    used = set(taken)
+    named: list[tuple[str, Path]] = []
+    for folder in folders:
+        resolved = folder.resolve()
+        name = resolved.parent.name if resolved.name.casefold() in dataset_names else resolved.name
+        unique, counter = name, 2
+        while unique in used:
+            unique, counter = f"{name}~{counter}", counter + 1
+        used.add(unique)
+        named.append((unique, folder))
+    return named

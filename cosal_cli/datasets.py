@@ -198,7 +198,8 @@ def _not_found_message(name, data_root, info, tried, require_images) -> str:
         where = _child(data_root, name)  # the dataset's folder exists: show what it holds instead
     lines = [f"cannot find dataset {label!r} {'under ' + str(data_root) if data_root else 'at ' + name}."]
     lines.append(
-        "Expected one of: <root>/<Dataset>/Image/<group>/<stem>.jpg with <root>/<Dataset>/GroundTruth/<group>/<stem>.png"
+        "Expected one of: <root>/<Dataset>/Image/<group>/<stem>.jpg with"
+        " <root>/<Dataset>/GroundTruth/<group>/<stem>.png"
         " (canonical); <root>/CoCA/image/ with <root>/CoCA/binary/ (CoCA); <root>/images/<Dataset>/<group>/ with"
         " <root>/gts/<Dataset>/<group>/ (GICD/GCoNet)"
         + ("" if require_images else "; or the mask folders alone (enough for --pred)")

@@ -19,47 +19,18 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cosal_cli.errors import InputError, UsageError
+from cosal_cli.errors import InputError
+from cosal_cli.methods.base import GroupImages, SismChoice
+
+__all__ = ["GroupImages", "SismChoice", "open_source", "predict_in_subgroups"]
 
 SISM_SIZE = 224
-
-
-@dataclass(frozen=True)
-class GroupImages:
-    """Which files a group's input tensor came from (for SISMs read by group and stem)."""
-
-    group: str
-    stems: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class SismChoice:
-    """``--sism NAME`` or ``--sism-dir DIR`` (at most one of them); both None: the method's default."""
-
-    generator: str | None = None
-    directory: Path | None = None
-
-    def __post_init__(self) -> None:
-        from cosal_cli import methods
-
-        if self.generator is not None and self.directory is not None:
-            raise UsageError("--sism and --sism-dir exclude each other: the SISMs come from one source")
-        if self.generator is not None and self.generator not in methods.sism_generators():
-            choices = ", ".join(methods.sism_generators())
-            raise UsageError(f"--sism {self.generator}: not a SISM generator; choose one of {choices}")
-        if self.directory is not None and not self.directory.is_dir():
-            raise UsageError(f"--sism-dir {self.directory}: no such folder (expected <DIR>/<group>/<stem>.png)")
-
-    @property
-    def given(self) -> bool:
-        return self.generator is not None or self.directory is not None
 
 
 class MissingSisms(InputError, ValueError):
@@ -145,13 +116,14 @@ class DirectorySisms:
         return torch.stack(maps).to(images.device)
 
 
-def predict_in_chunks(images: torch.Tensor, sources: GroupImages | None, chunk: int | None, sisms, network) -> torch.Tensor:
-    """``network(images, sisms)`` (maps in [0, 1]) on the whole group, or on sub-groups of ``chunk`` images.
+def predict_in_subgroups(images: torch.Tensor, sources: GroupImages | None, subgroup: int | None, sisms,
+                         network) -> torch.Tensor:  # fmt: skip
+    """``network(images, sisms)`` (maps in [0, 1]) on the whole group, or on sub-groups of ``subgroup`` images.
 
-    ICNet's consensus (the CSA weights) is computed over the images of one call, so a chunk size
+    ICNet's consensus (the CSA weights) is computed over the images of one call, so a sub-group size
     changes the maps; the official test's default is the whole group, and so is cosal's.
     """
-    size = chunk or len(images)
+    size = subgroup or len(images)
     maps = []
     for start in range(0, len(images), size):
         part = images[start : start + size]
@@ -163,7 +135,7 @@ def predict_in_chunks(images: torch.Tensor, sources: GroupImages | None, chunk: 
 def open_source(choice: SismChoice, default: str, device: torch.device, batch_size: int, offline: bool = False,
                 cache: bool = True):  # fmt: skip
     """The SISM source for ``choice`` (``default`` generator when none was given)."""
-    from cosal_cli.pipeline import load_method
+    from cosal_cli.methods.loader import load_method
 
     if choice.directory is not None:
         return DirectorySisms(choice.directory)

@@ -28,8 +28,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from cosal_cli import io, pipeline
+from cosal_cli import inference, io
 from cosal_cli.cli import app
+from cosal_cli.runners import local
 
 from .conftest import FAKE_MODULE, REPO, BrightnessMethod
 
@@ -277,7 +278,8 @@ def test_a_crash_outside_any_group_is_exit_5_with_json(fake_method, tmp_path, mo
 def test_real_sigterm_to_a_cosal_process_exits_143_with_json(tmp_path):
     """A real `cosal detect` process, killed while it reads a FIFO on stdin (the pipe is never written)."""
     process = subprocess.Popen([sys.executable, "-m", "cosal_cli", "detect", "-", "--json", "-o", str(tmp_path / "o")],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)  # fmt: skip
     time.sleep(3)  # long enough to import and reach the stdin read
     process.terminate()
     stdout, stderr = process.communicate(timeout=60)
@@ -292,7 +294,7 @@ def test_interrupt_while_writing_a_group_counts_its_written_maps(fake_method, tm
     for index in range(5):
         save(tmp_path / "g" / f"{index}.png")
     written = []
-    real_write = pipeline.write_map
+    real_write = local.write_map
 
     def write_then_ctrl_c(values, destination):
         if len(written) == 3:
@@ -300,7 +302,7 @@ def test_interrupt_while_writing_a_group_counts_its_written_maps(fake_method, tm
         real_write(values, destination)
         written.append(destination)
 
-    monkeypatch.setattr(pipeline, "write_map", write_then_ctrl_c)
+    monkeypatch.setattr(local, "write_map", write_then_ctrl_c)
     result, summary = detect_json(str(tmp_path / "g"), "-o", str(tmp_path / "out"))
     assert result.exit_code == 130
     assert summary["counts"]["written"] == 3 == len(list((tmp_path / "out" / "g").iterdir()))
@@ -371,7 +373,8 @@ def test_empty_stdin_is_a_usage_error(fake_method, tmp_path):
 def test_a_folder_given_twice_is_processed_once(fake_method, tmp_path):
     save(tmp_path / "set" / "g" / "1.png")
     (tmp_path / "alias").symlink_to(tmp_path / "set" / "g")
-    paths = [str(tmp_path / "set" / "g"), str(tmp_path / "set" / "g") + "/", str(tmp_path / "alias"), str(tmp_path / "set")]
+    group = str(tmp_path / "set" / "g")
+    paths = [group, group + "/", str(tmp_path / "alias"), str(tmp_path / "set")]
     result, summary = detect_json(*paths, "-o", str(tmp_path / "out"))
     assert result.exit_code == 0
     assert [g["name"] for g in summary["groups"]] == ["g"] and summary["counts"]["written"] == 1
@@ -451,7 +454,7 @@ def test_decode_errors_never_escape_as_other_exceptions_in_decode_group(tmp_path
     save(group / "ok.png")
     shutil.copy(BAD_INPUTS / "tiff-second-frame-missing-dimensions.tif", group / "bad.tif")
     found = io.discover([group])
-    decoded = pipeline.decode_group(found.groups[0], 32)
+    decoded = inference.decode_group(found.groups[0], 32)
     assert [image.path.name for image in decoded.images] == ["ok.png"]
     assert [problem.path.name for problem in decoded.problems] == ["bad.tif"]
     assert torch.from_numpy(decoded.pixels).shape == (1, 32, 32, 3)

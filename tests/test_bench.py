@@ -687,5 +687,7 @@ def test_split_naming_an_unknown_group_or_not_the_dataset_is_a_usage_error(tmp_p
     assert result.exit_code == 2 and "aa" in result.stderr and "typo.yaml" in result.stderr
     other = tmp_path / "other.yaml"
     other.write_text("schema: 1\nname: other\ndatasets:\n  elsewhere:\n    held_out_groups: [a]\n")
-    result = cosal("bench", "--pred", tmp_path / "pred", "--data-root", tmp_path / "data", "-d", "Toy", "--split", other)
+    result = cosal(
+        "bench", "--pred", tmp_path / "pred", "--data-root", tmp_path / "data", "-d", "Toy", "--split", other
+    )
     assert result.exit_code == 2 and "says nothing about dataset 'Toy'" in result.stderr

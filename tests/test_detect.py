@@ -149,7 +149,8 @@ def test_groups_are_reported_in_input_order_when_some_are_skipped(fake_method, t
     args = ["detect", str(tmp_path / "set"), "-m", "test-brightness", "-o", str(out), "--json", "--skip-existing"]
     save(out / "b" / "1.png")  # b is already done
     summary = json.loads(cosal(*args).stdout)
-    assert [(g["name"], g["written"], g["skipped"]) for g in summary["groups"]] == [("a", 1, 0), ("b", 0, 1), ("c", 1, 0)]
+    counts = [(g["name"], g["written"], g["skipped"]) for g in summary["groups"]]
+    assert counts == [("a", 1, 0), ("b", 0, 1), ("c", 1, 0)]
 
 
 def test_unknown_method_and_bad_device_are_usage_errors(fake_method, tmp_path):
@@ -194,8 +195,11 @@ def test_no_temporary_files_are_left_next_to_the_maps(fake_method, tmp_path):
 
 def test_help_and_version_do_not_import_torch():
     code = "import sys; from cosal_cli.cli import app; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
-    version = subprocess.run([sys.executable, "-m", "cosal_cli", "--version"], capture_output=True, text=True, check=False)
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == "False"
+    version = subprocess.run(
+        [sys.executable, "-m", "cosal_cli", "--version"], capture_output=True, text=True, check=False
+    )
     assert version.returncode == 0 and version.stdout.startswith("cosal ")
 
 

@@ -236,7 +236,7 @@ def test_official_output_resizing_equals_gicds_save_step():
     """test.py: interpolate(align_corners=True) to (H, W), then ToPILImage (x * 255 truncated to 8 bits)."""
     from torchvision.transforms import ToPILImage
 
-    from cosal_cli.pipeline import to_image_size
+    from cosal_cli.inference import to_image_size
 
     torch.manual_seed(0)
     low_res = torch.rand(56, 56)

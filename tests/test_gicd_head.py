@@ -36,9 +36,12 @@ def gicd_method(gicd_weights):
 def cat_group() -> tuple[torch.Tensor, list[np.ndarray]]:
     """The 8 example cats at 224 x 224, with their masks at the same size."""
     files = sorted((EXAMPLES / "Image" / "cat").glob("*.jpg"))
-    pixels = np.stack([np.asarray(Image.open(path).convert("RGB").resize((224, 224), Image.BILINEAR)) for path in files])
+    pixels = np.stack(
+        [np.asarray(Image.open(path).convert("RGB").resize((224, 224), Image.BILINEAR)) for path in files]
+    )
     masks = [
-        np.asarray(Image.open(EXAMPLES / "GroundTruth" / "cat" / f"{path.stem}.png").convert("L").resize((224, 224))) > 127
+        np.asarray(Image.open(EXAMPLES / "GroundTruth" / "cat" / f"{path.stem}.png").convert("L").resize((224, 224)))
+        > 127
         for path in files
     ]
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255, masks

@@ -218,7 +218,7 @@ def test_cli_import_then_detect_writes_maps_of_the_original_sizes(cosal, use_imp
 
 
 def test_method_equals_a_direct_gicd_computation(use_imported, official):
-    from cosal_cli.pipeline import load_method
+    from cosal_cli.methods.loader import load_method
 
     method = load_method("gicd-official", torch.device("cpu"), batch_size=1)  # two chunks: the consensus spans both
     images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))

@@ -579,8 +579,8 @@ def test_torch_state_dict_conversion_is_byte_for_byte_reproducible(server, make_
     pth = tmp_path / "model.pth"
     pth.write_bytes(buffer.getvalue())
     converted = tmp_path / "converted.safetensors"
-    tensors = hub_module._load_converter("torch-state-dict")(pth)
-    hub_module._write_safetensors(tensors, converted, probe.manifest.component("backbone"), "torch-state-dict")
+    tensors = hub_module.load_converter("torch-state-dict")(pth)
+    hub_module.write_safetensors(tensors, converted, probe.manifest.component("backbone"), "torch-state-dict")
     pinned = (sha256_file(converted), converted.stat().st_size)
 
     entry = pypi_entry(wheel, member, url=url, converter="torch-state-dict", sha256_and_size=pinned)

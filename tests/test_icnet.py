@@ -341,13 +341,13 @@ def test_sod_maps_given_as_a_folder_match_sod_as_the_generator(icnet_home, tmp_p
 
 @pytest.mark.weights
 def test_chunk_runs_sub_groups_and_changes_the_maps(icnet_home):
-    from cosal_cli.methods.base import MethodOptions
-    from cosal_cli.pipeline import load_method
+    from cosal_cli.methods.loader import load_method
+    from cosal_cli.methods.options import SismOptions
 
     images = _example_group(6)
     whole = load_method("icnet", torch.device("cpu"), batch_size=4)  # 6 images > 4: encoded twice, in chunks
     one_pass = load_method("icnet", torch.device("cpu"), batch_size=8)
-    chunked = load_method("icnet", torch.device("cpu"), batch_size=4, options=MethodOptions(chunk=3))
+    chunked = load_method("icnet", torch.device("cpu"), batch_size=4, options=SismOptions(subgroup=3))
     with torch.inference_mode():
         full = whole.predict_group(images)
         parts = chunked.predict_group(images)

@@ -319,7 +319,9 @@ def test_extensions_are_case_insensitive(tmp_path):
     [("JPEG", "JPEG"), ("PNG", "PNG"), ("BMP", "BMP"), ("WEBP", "WEBP"), ("TIFF", "TIFF"), ("GIF", "GIF")],
 )
 def test_sniff_recognises_formats_by_content(tmp_path, fmt, expected):
-    path = make_image(tmp_path / "file.bin", mode="P" if fmt == "GIF" else "RGB", color=1 if fmt == "GIF" else (1, 2, 3), fmt=fmt)
+    path = make_image(
+        tmp_path / "file.bin", mode="P" if fmt == "GIF" else "RGB", color=1 if fmt == "GIF" else (1, 2, 3), fmt=fmt
+    )
     assert sniff(path) == expected
 
 

@@ -91,7 +91,10 @@ def pysod_pair(rng, kind: str) -> tuple[np.ndarray, np.ndarray]:
         count = int(rng.integers(1, 5))
         rows, cols = rng.integers(0, shape[0], count), rng.integers(0, shape[1], count)
         if rng.random() < 0.15:  # on the last row or column: PySODMetrics' NaN S-measure case
-            rows, cols = (np.full(count, shape[0] - 1), cols) if rng.random() < 0.5 else (rows, np.full(count, shape[1] - 1))
+            if rng.random() < 0.5:
+                rows = np.full(count, shape[0] - 1)
+            else:
+                cols = np.full(count, shape[1] - 1)
         tiny[rows, cols] = True
         pred = soft_prediction(rng, tiny) if rng.random() < 0.7 else rng.integers(0, 256, shape, dtype=np.uint8)
         return pred, to_u8(tiny)
@@ -258,7 +261,7 @@ def _eval_smeasure(p: torch.Tensor, gt: torch.Tensor) -> float:
     w4 = 1 - w1 - w2 - w3
     quadrants = ((slice(None, yy), slice(None, x)), (slice(None, yy), slice(x, None)),
                  (slice(yy, None), slice(None, x)), (slice(yy, None), slice(x, None)))  # fmt: skip
-    s_region = sum(wq * _eval_ssim(p[q], g[q]) for wq, q in zip((w1, w2, w3, w4), quadrants))
+    s_region = sum(wq * _eval_ssim(p[q], g[q]) for wq, q in zip((w1, w2, w3, w4), quadrants, strict=True))
     return max(0.0, float(0.5 * s_object + 0.5 * s_region))
 
 
@@ -443,7 +446,7 @@ def test_eval_co_sod_protocol_matches_reference_per_image(eval_results):
     kinds = {kind for kind, *_ in eval_results}
     assert kinds == {"hard", "soft", "black", "white", "constant_pred", "inverted"}
     assert any(((gt > 0) & (gt < 255)).any() for kind, _, gt, _, _ in eval_results if kind == "soft")
-    for index, (kind, pred, gt, ref, ours) in enumerate(eval_results):
+    for index, (kind, pred, _gt, ref, ours) in enumerate(eval_results):
         where = f"{kind} pair {index} {pred.shape}"
         assert ours.scalars["mae"] == pytest.approx(ref["mae"], abs=TOL, rel=0), f"mae of {where}"
         assert ours.scalars["sm"] == pytest.approx(ref["sm"], abs=TOL, rel=0), f"sm of {where}"
@@ -590,6 +593,75 @@ def test_roc_auc_by_hand():
     assert roc_auc(np.array([0.8, 1.0, 0.0]), np.array([0.5, 1.0, 0.0])) == pytest.approx(0.65, abs=1e-15)
     # Equal FPR: ordered by TPR (monotone ROC), so (0, 0), (0, 0.5), (1, 1) -> 0.75, not 0.5.
     assert roc_auc(np.array([0.5, 0.0, 1.0]), np.array([0.0, 0.0, 1.0])) == pytest.approx(0.75, abs=1e-15)
+
+
+def _ranked_pair() -> tuple[np.ndarray, np.ndarray]:
+    """A 4x5 pair with grey levels far apart (no two merge into one threshold step in either protocol)
+    and ties between foreground and background at every level but the brightest.
+
+    The curves start at the brightest level, not at (0, 0); that level is all foreground, so the
+    segment they leave out is vertical and adds no area, and the per-pixel AUC is the curves' AUC.
+    """
+    fg = [255, 255, 192, 192, 128, 128, 64, 0]
+    bg = [192, 128, 128, 128, 64, 64, 64, 0, 0, 0, 0, 0]
+    order = np.random.default_rng(5).permutation(20)
+    pred = np.array(fg + bg, np.uint8)[order].reshape(4, 5)
+    gt = np.array([255] * len(fg) + [0] * len(bg), np.uint8)[order].reshape(4, 5)
+    return pred, gt
+
+
+def _rank_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Mann-Whitney: (sum of the positives' mid-ranks - n_pos (n_pos + 1) / 2) / (n_pos n_neg)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores, method="average")
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@pytest.mark.parametrize("protocol", metrics.PROTOCOLS)
+def test_roc_auc_equals_the_rank_formula_on_per_pixel_scores(protocol):
+    pred, gt = _ranked_pair()
+    expected = _rank_auc(pred.ravel().astype(np.float64), gt.ravel() > 128)
+    # By hand: 8 x 12 pairs, a tie counting 1/2: the foreground 255s score 12 each, 192s 11.5, 128s 9.5,
+    # its 64 6.5 and its 0 2.5.
+    assert expected == pytest.approx((2 * 12 + 2 * 11.5 + 2 * 9.5 + 6.5 + 2.5) / 96, abs=1e-15)
+    scores = evaluate_pair(pred, gt, protocol)
+    assert roc_auc(scores.curves["tpr"], scores.curves["fpr"]) == pytest.approx(expected, abs=1e-12)
+    accumulator = MetricAccumulator(protocol)  # the AUC that `cosal bench` reports
+    accumulator.add("group", scores)
+    assert accumulator.summary()["auc"] == pytest.approx(expected, abs=1e-12)
+    assert accumulator.per_group()["group"]["auc"] == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("protocol", metrics.PROTOCOLS)
+def test_roc_auc_matches_sklearn_on_per_pixel_scores(protocol):
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    pred, gt = _ranked_pair()
+    expected = sklearn_metrics.roc_auc_score(gt.ravel() > 128, pred.ravel())
+    scores = evaluate_pair(pred, gt, protocol)
+    assert roc_auc(scores.curves["tpr"], scores.curves["fpr"]) == pytest.approx(expected, abs=1e-12)
+
+
+def test_roc_auc_works_without_np_trapezoid(monkeypatch):
+    """NumPy 1.x has no ``np.trapezoid`` (only ``np.trapz``); ``pyproject.toml`` allows numpy>=1.24."""
+    monkeypatch.delattr(np, "trapezoid", raising=False)
+    assert not hasattr(np, "trapezoid")
+    assert roc_auc(np.array([0.8, 1.0, 0.0]), np.array([0.5, 1.0, 0.0])) == pytest.approx(0.65, abs=1e-15)
+    pred, gt = _ranked_pair()
+    accumulator = MetricAccumulator("eval-co-sod")
+    accumulator.add("group", evaluate_pair(pred, gt, "eval-co-sod"))
+    expected = _rank_auc(pred.ravel().astype(np.float64), gt.ravel() > 128)
+    assert accumulator.summary()["auc"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_roc_auc_is_numpys_trapezoid_to_the_last_bit():
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz
+    rng = np.random.default_rng(8)
+    for _ in range(20):
+        tpr, fpr = rng.random(256), rng.random(256)
+        order = np.lexsort((tpr, fpr))
+        assert roc_auc(tpr, fpr) == float(trapezoid(tpr[order], fpr[order]))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -75,7 +75,8 @@ def test_conversion_keeps_every_conv_layer_exactly(tmp_path):
     arrays = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     assert sorted(state) == sorted(f"features.{i}.{kind}" for i in CONV_INDICES for kind in ("weight", "bias"))
     for index, name in zip(CONV_INDICES, KERAS_NAMES):
-        assert np.array_equal(state[f"features.{index}.weight"].numpy(), arrays[f"functional_1/{name}_1/convolution/ReadVariableOp:0"])
+        kernel = arrays[f"functional_1/{name}_1/convolution/ReadVariableOp:0"]
+        assert np.array_equal(state[f"features.{index}.weight"].numpy(), kernel)
         assert np.array_equal(state[f"features.{index}.bias"].numpy(), arrays[f"functional_1/{name}_1/Squeeze:0"])
 
 

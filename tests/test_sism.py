@@ -94,17 +94,20 @@ def test_chunks_split_images_and_names_alike():
         assert len(sources.stems) == len(images)
         return torch.zeros(len(images), 1, 4, 4)
 
-    out = sism.predict_in_chunks(torch.zeros(5, 3, 4, 4), sism.GroupImages("g", tuple("abcde")), 2, source, network)
+    out = sism.predict_in_subgroups(torch.zeros(5, 3, 4, 4), sism.GroupImages("g", tuple("abcde")), 2, source, network)
     assert seen == [2, 2, 1] and out[:, 0, 0].tolist() == [2, 2, 2, 2, 1]
     seen.clear()
-    sism.predict_in_chunks(torch.zeros(5, 3, 4, 4), sism.GroupImages("g", tuple("abcde")), None, source, network)
+    sism.predict_in_subgroups(torch.zeros(5, 3, 4, 4), sism.GroupImages("g", tuple("abcde")), None, source, network)
     assert seen == [5]
 
 
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--method", "gmr", "--sism", "sod"], "--sism does not apply to method 'gmr'; methods that take --sism: icnet"),
+        (
+            ["--method", "gmr", "--sism", "sod"],
+            "--sism does not apply to method 'gmr'; methods that take --sism: icnet",
+        ),
         (["--method", "icnet", "--sism", "gicd"], "--sism gicd: not a SISM generator; choose one of sod, gmr"),
         (["--method", "icnet", "--sism", "gmr", "--sism-dir", "."], "--sism and --sism-dir exclude each other"),
         (["--method", "icnet", "--sism-dir", "no-such-folder"], "--sism-dir no-such-folder: no such folder"),

@@ -33,7 +33,7 @@ def test_the_head_is_a_small_bundled_component_trained_on_the_shipped_split(real
 
 
 def test_sod_is_a_sism_generator_loadable_by_other_methods(real_hub, sod_weights, monkeypatch):
-    from cosal_cli.pipeline import load_method
+    from cosal_cli.methods.loader import load_method
 
     monkeypatch.setenv("COSAL_HOME", str(real_hub.home))
     monkeypatch.delenv("COSAL_MANIFEST", raising=False)

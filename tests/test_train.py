@@ -22,8 +22,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import cosal_cli
-from cosal_cli import cli
 from cosal_cli.cli import app
+from cosal_cli.cli import train as train_command
 from cosal_cli.errors import UsageError
 from cosal_cli.methods import sod
 from cosal_cli.models.heads import HEAD_FORMAT, load_tensors, save_head, save_tensors
@@ -96,9 +96,13 @@ def colour_dataset(tmp_path: Path, groups: dict[tuple[str, str], int], count: in
 
 def fake_images() -> list[TrainImage]:
     """Groups of 1 to 12 images; 'cat' exists in two datasets and must stay two groups."""
-    sizes = {("d1", "cat"): 7, ("d1", "dog"): 1, ("d1", "ant"): 3, ("d2", "cat"): 5, ("d2", "bird"): 12, ("d2", "eel"): 2}
+    sizes = {
+        ("d1", "cat"): 7, ("d1", "dog"): 1, ("d1", "ant"): 3, ("d2", "cat"): 5, ("d2", "bird"): 12, ("d2", "eel"): 2
+    }
     return [
-        TrainImage(dataset, group, f"{group}{i:02d}", Path(f"/nowhere/{dataset}/{group}{i}.jpg"), Path("/nowhere/m.png"))
+        TrainImage(
+            dataset, group, f"{group}{i:02d}", Path(f"/nowhere/{dataset}/{group}{i}.jpg"), Path("/nowhere/m.png")
+        )
         for (dataset, group), size in sizes.items()
         for i in range(size)
     ]
@@ -153,7 +157,8 @@ def test_epoch_batches_depend_on_seed_and_epoch_only():
     assert as_ids(epoch_batches(groups, settings, 4)) != first
     assert as_ids(epoch_batches(groups, SamplerSettings(min_group=2, max_group=4, seed=6), 3)) != first
     # not only the order of the batches changes between epochs: the images within a group are reshuffled
-    orders = {tuple(stem for batch in as_ids(epoch_batches(groups, settings, e)) for (_, g, stem) in batch if g == "bird")
+    orders = {tuple(stem for batch in as_ids(epoch_batches(groups, settings, e))
+                    for (_, g, stem) in batch if g == "bird")
               for e in range(4)}  # fmt: skip
     assert len(orders) == 4
 
@@ -188,7 +193,8 @@ def test_augment_crops_and_flips_image_and_mask_together():
         torch.testing.assert_close(image[0], target[0], atol=1e-6, rtol=0)
         outputs.add(target.numpy().tobytes())
         # Which flips happened: compare with the same crop unflipped (same generator, flip off).
-        unflipped = augment(rgb, mask.astype(np.float32) / 255, SamplerSettings(size=32, crop_area=(0.4, 1.0), flip=False),
+        unflipped = augment(rgb, mask.astype(np.float32) / 255,
+                            SamplerSettings(size=32, crop_area=(0.4, 1.0), flip=False),
                             np.random.default_rng(seed))[1]  # fmt: skip
         if not torch.equal(unflipped, target):
             torch.testing.assert_close(unflipped.flip(-1), target, atol=1e-6, rtol=0)
@@ -259,7 +265,9 @@ def test_paste_object_hides_the_own_object_and_pastes_the_donor_at_the_configure
     settings = SamplerSettings(size=64, paste_size=paste_size)
     extents = []
     for seed in range(30):
-        out, out_target, alpha = paste_object(image, target, donor_rgb, donor_mask, settings, np.random.default_rng(seed))
+        out, out_target, alpha = paste_object(
+            image, target, donor_rgb, donor_mask, settings, np.random.default_rng(seed)
+        )
         assert out.shape == image.shape and out_target.shape == target.shape and alpha.shape == target.shape
         assert alpha.min() >= 0 and alpha.max() <= 1 and alpha.max() > 0.999
         torch.testing.assert_close(out_target, target * (1 - alpha), atol=1e-6, rtol=0)
@@ -324,7 +332,11 @@ def test_composite_fraction_zero_never_pastes_and_one_half_pastes_about_half(tmp
         assert all(image[channel].max() == 0 for channel in range(3) if channel != own)
         torch.testing.assert_close(target[0], image[own], atol=1e-6, rtol=0)
     pasted = [
-        any(image[channel].max() > 0.5 for channel in range(3) if channel != COMPOSITE_GROUPS[(item.dataset, item.group)])
+        any(
+            image[channel].max() > 0.5
+            for channel in range(3)
+            if channel != COMPOSITE_GROUPS[(item.dataset, item.group)]
+        )
         for item, image, _ in composites(tmp_path / "half", 0.5, epochs=5)
     ]
     assert 0.3 * len(pasted) <= sum(pasted) <= 0.7 * len(pasted)
@@ -381,7 +393,10 @@ def test_l2_is_the_mean_squared_error_of_the_sigmoid():
 
 def test_losses_are_registered_under_their_names():
     logits, target = loss_inputs()
-    bce = sum(-(g * math.log(p) + (1 - g) * math.log(1 - p)) for ps, gs in zip(PROBS, TARGETS) for p, g in zip(ps, gs)) / 8
+    bce = (
+        sum(-(g * math.log(p) + (1 - g) * math.log(1 - p)) for ps, gs in zip(PROBS, TARGETS) for p, g in zip(ps, gs))
+        / 8
+    )
     expected = {"soft-iou": 43 / 66, "bce": bce, "l2": 0.22}
     assert {name: losses.deep_supervision(name, [logits], target).item() for name in expected} == pytest.approx(
         expected, abs=1e-5
@@ -454,7 +469,10 @@ def expected_part(group: str, stem: str, fraction: float) -> str:
 
 def test_part_holds_out_named_groups_and_a_hashed_fraction(tmp_path):
     path = tmp_path / "split.yaml"
-    text = "schema: 1\nname: s\ndatasets:\n  DSet:\n    held_out_groups: [Car]\n    held_out_fraction: {People: 0.25}\n  other:\n"
+    text = (
+        "schema: 1\nname: s\ndatasets:\n  DSet:\n    held_out_groups: [Car]\n"
+        "    held_out_fraction: {People: 0.25}\n  other:\n"
+    )
     path.write_text(text)
     split = load_split(path)
     assert split.name == "s" and split.path == path and split.sha256 == hashlib.sha256(text.encode()).hexdigest()
@@ -506,7 +524,9 @@ def test_collect_data_splits_image_by_image_and_is_unmoved_by_other_images(tmp_p
     assert {item.group for item in data.train} == {"people", "dogs"}
     assert [item.stem for item in data.held_out["toy/cars"]] == ["im00", "im02", "im04"]  # val_limit, evenly spaced
     people_held_out = sum(expected_part("people", stem, 0.5) == "held-out" for stem in people)
-    assert data.summary == [{"dataset": "toy", "groups": 3, "train": 10 - people_held_out + 3, "held-out": 5 + people_held_out}]
+    assert data.summary == [
+        {"dataset": "toy", "groups": 3, "train": 10 - people_held_out + 3, "held-out": 5 + people_held_out}
+    ]
     # More images in every group: the first ones keep their parts.
     tiny_dataset(root, {"people": 10, "cars": 2, "dogs": 2}, start=10)
     again = trainer.collect_data([root], split, val_limit=0)
@@ -519,7 +539,9 @@ def test_collect_data_splits_image_by_image_and_is_unmoved_by_other_images(tmp_p
 def test_collect_data_refuses_a_split_leaving_nothing_to_train_on_or_naming_unknown_groups(tmp_path):
     root = tmp_path / "toy"
     tiny_dataset(root, {"cars": 2})
-    split = parse_split({"schema": 1, "name": "all", "datasets": {"toy": {"held_out_groups": ["cars"]}}}, tmp_path / "s")
+    split = parse_split(
+        {"schema": 1, "name": "all", "datasets": {"toy": {"held_out_groups": ["cars"]}}}, tmp_path / "s"
+    )
     with pytest.raises(UsageError, match="no training images"):
         trainer.collect_data([root], split, 0)
     typo = parse_split({"schema": 1, "name": "t", "datasets": {"toy": {"held_out_groups": ["carz"]}}}, tmp_path / "t")
@@ -601,7 +623,8 @@ class Recorder:
 def settings_for(toy: dict[str, Path], output: Path, **changes) -> trainer.TrainSettings:
     sampler = SamplerSettings(size=64, min_group=2, max_group=3, composite_fraction=0.5, seed=0)
     options = {"method": "sod", "data": [toy["data"]], "split": load_split(toy["split"]), "output": output, "epochs": 2,
-               "lr": 1e-3, "sampler": sampler, "val_limit": 2, "checkpoint_every": 100, "device": "cpu", "offline": True}
+               "lr": 1e-3, "sampler": sampler, "val_limit": 2, "checkpoint_every": 100, "device": "cpu",
+               "offline": True}
     return trainer.TrainSettings(**{**options, **changes})
 
 
@@ -611,7 +634,9 @@ CLI_OPTIONS = ["--epochs", "2", "--lr", "0.001", "--size", "64", "--min-group", 
 
 
 def cli_train(toy: dict[str, Path], output: Path, *options: str):
-    args = ["train", "--method", "sod", "--data", str(toy["data"]), "--split", str(toy["split"]), "--output", str(output)]
+    args = [
+        "train", "--method", "sod", "--data", str(toy["data"]), "--split", str(toy["split"]), "--output", str(output)
+    ]
     return CliRunner().invoke(app, [*args, *options])
 
 
@@ -738,7 +763,8 @@ def test_the_head_kept_is_the_best_by_s_measure(toy, real_weights, tmp_path, mon
     assert [entry["sm"] for entry in metadata["validation"]["history"]] == [0.5, 0.7, 0.7, 0.6]  # every epoch run
     assert_same_tensors(head_tensors(output), recorder.head_files[2])  # not overwritten by epochs 3 and 4
     assert not torch.equal(recorder.head_files[1]["predict.0.weight"], recorder.head_files[2]["predict.0.weight"])
-    last = {name[5:]: value for name, value in load_tensors(settings.checkpoint).tensors.items() if name.startswith("head.")}
+    checkpoint_tensors = load_tensors(settings.checkpoint).tensors
+    last = {name[5:]: value for name, value in checkpoint_tensors.items() if name.startswith("head.")}
     assert not torch.equal(last["predict.0.weight"], recorder.head_files[2]["predict.0.weight"])
     # the loss recorded per epoch is the mean of its batch losses
     history = load_tensors(settings.checkpoint).metadata["state"]["history"]
@@ -801,7 +827,7 @@ def test_cli_interrupt_refusals_and_resume(toy, uninterrupted, tmp_path, monkeyp
             raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(cli._TrainConsoleReporter, "step", interrupting_step)
+        patch.setattr(train_command._TrainConsoleReporter, "step", interrupting_step)
         result = cli_train(toy, output, *CLI_OPTIONS)
     assert result.exit_code == 130, result.output
     assert "interrupted" in result.stderr
@@ -836,7 +862,8 @@ def test_cli_refuses_bad_train_options_before_loading_anything(toy, tmp_path):
     assert result.exit_code == 2 and ".safetensors" in result.stderr, result.output
     result = cli_train(toy, tmp_path / "head.safetensors", *base, "--min-group", "4", "--max-group", "3")
     assert result.exit_code == 2 and "sub-group" in result.stderr, result.output
-    result = CliRunner().invoke(app, ["train", "--method", "gmr", "--data", str(toy["data"]), "--split", str(toy["split"]),
+    result = CliRunner().invoke(app, ["train", "--method", "gmr", "--data", str(toy["data"]),
+                                      "--split", str(toy["split"]),
                                       "--output", str(tmp_path / "head.safetensors"), *base])  # fmt: skip
     assert result.exit_code == 2 and "nothing to train" in result.stderr, result.output
     bad_split = tmp_path / "split.yaml"
@@ -859,7 +886,9 @@ def test_cli_trains_a_gicd_head_that_gicd_then_loads(toy, real_weights, tmp_path
     options = ["--epochs", "3", "--lr", "0.003", "--size", "64", "--min-group", "2", "--max-group", "3",
                "--composite-fraction", "0.5", "--val-limit", "2", "--device", "cpu", "--threads", "1", "--offline",
                "--json"]  # fmt: skip
-    args = ["train", "--method", "gicd", "--data", str(toy["data"]), "--split", str(toy["split"]), "--output", str(output)]
+    args = [
+        "train", "--method", "gicd", "--data", str(toy["data"]), "--split", str(toy["split"]), "--output", str(output)
+    ]
     result = CliRunner().invoke(app, [*args, *options])
     assert result.exit_code == 0, result.output
     metadata = load_tensors(output).metadata

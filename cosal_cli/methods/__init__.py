@@ -12,10 +12,12 @@ subclass named ``Method``, add its card to ``CARDS`` and its roles to ``weights_
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cosal_cli.errors import UsageError
+from cosal_cli.methods.options import MethodOptions, SismOptions
 
 if TYPE_CHECKING:
     from cosal_cli.methods.base import Method
@@ -28,9 +30,14 @@ class MethodCard:
     summary: str
     module: str  # dotted path of the module holding a class named ``Method``
     sism: str | None = None  # the single-image saliency generator it consumes, if any
+    #: Refiners (``cosal_cli.refine``) the inference path applies after the method, in order.
     refiners: tuple[str, ...] = ()
     #: A single-image saliency method that other methods can use as their SISM generator.
     sism_generator: bool = False
+    #: The options it takes (``--sism`` ...): a :class:`MethodOptions` subclass.
+    options: type[MethodOptions] = MethodOptions
+    #: Building blocks shown by ``cosal methods`` (not applied after the method: they are the method).
+    builds_on: tuple[str, ...] = ()
 
 
 CARDS: dict[str, MethodCard] = {
@@ -42,7 +49,7 @@ CARDS: dict[str, MethodCard] = {
             "Convolutional Networks with Multi-scale Label Smoothing)",
             summary="training-free: one 1x1 filter on VGG-16 conv5_3 learned per group by ADMM (PCA + sparsity)",
             module="cosal_cli.methods.csmg_mask",
-            refiners=("admm",),
+            builds_on=("admm",),
         ),
         MethodCard(
             name="gicd",
@@ -54,11 +61,13 @@ CARDS: dict[str, MethodCard] = {
         MethodCard(
             name="icnet",
             paper="Jin, Xu, Cheng, Zhang, Guo. ICNet: Intra-saliency Correlation Network for Co-Saliency Detection. "
-            "NeurIPS 2020; cosal's weights: ICNet's head trained with `cosal train` on the frozen VGG-16 with sod SISMs",
+            "NeurIPS 2020; cosal's weights: ICNet's head trained with `cosal train` on the frozen VGG-16 "
+            "with sod SISMs",
             summary="single-image saliency vectors correlated across the group; pixels re-ranked by co-saliency "
             "attention; --sism sod|gmr or --sism-dir DIR",
             module="cosal_cli.methods.icnet",
             sism="sod",
+            options=SismOptions,
         ),
         MethodCard(
             name="icnet-official",
@@ -68,6 +77,7 @@ CARDS: dict[str, MethodCard] = {
             "(--sism-dir), sod by default",
             module="cosal_cli.methods.icnet_official",
             sism="sod",
+            options=SismOptions,
         ),
         MethodCard(
             name="sod",
@@ -82,7 +92,7 @@ CARDS: dict[str, MethodCard] = {
             paper="Yang, Zhang, Lu, Ruan, Yang. Saliency Detection via Graph-Based Manifold Ranking. CVPR 2013",
             summary="training-free single-image saliency: SLIC superpixels ranked from the image boundary, two stages",
             module="cosal_cli.methods.gmr",
-            refiners=("manifold-ranking",),
+            builds_on=("manifold-ranking",),
             sism_generator=True,
         ),
         MethodCard(
@@ -110,6 +120,80 @@ def sism_generators() -> list[str]:
     return [name for name, entry in CARDS.items() if entry.sism_generator]
 
 
+def check_sism_generator(name: str | None) -> None:
+    """A usage error unless ``name`` (``--sism NAME``) is a SISM generator."""
+    if name is not None and name not in sism_generators():
+        raise UsageError(f"--sism {name}: not a SISM generator; choose one of {', '.join(sism_generators())}")
+
+
 def method_class(name: str) -> type[Method]:
     module = importlib.import_module(card(name).module)
     return module.Method
+
+
+def takers(flag: str) -> list[str]:
+    """The methods whose options include ``flag`` (for help texts and errors)."""
+    flag = _flag_of(_canonical(flag.removeprefix("--").replace("-", "_")))
+    return [name for name, entry in CARDS.items() if flag in entry.options.declared().values()]
+
+
+def options_for(name: str, values: Mapping[str, Any] | None = None, **more: Any) -> MethodOptions:
+    """The typed options of method ``name`` from option names to values; ``None`` values are not given.
+
+    A value the method does not take is a usage error naming the methods that do take it.
+    """
+    given = {key: value for key, value in {**(values or {}), **more}.items() if value is not None}
+    options_class = card(name).options
+    declared = options_class.declared()
+    unknown = [key for key in given if _canonical(key) not in declared and key != "offline"]
+    if unknown:
+        raise UsageError(_not_applicable([_flag_of(key) for key in unknown], name))
+    check_sism_generator(given.get("sism"))
+    return options_class(**{_canonical(key): value for key, value in given.items()})
+
+
+def check_options(name: str, options: MethodOptions) -> MethodOptions:
+    """``options`` if method ``name`` takes every option set in it, else a usage error."""
+    declared = set(card(name).options.declared().values())
+    unknown = [flag for flag in options.given() if flag not in declared]
+    if unknown:
+        raise UsageError(_not_applicable(unknown, name))
+    return options_for(name, {key: getattr(options, key) for key in type(options).declared()},
+                       offline=options.offline)  # fmt: skip
+
+
+def split_options(names: Iterable[str], values: Mapping[str, Any]) -> dict[str, MethodOptions]:
+    """Per method, the options among ``values`` it takes (bench runs several methods with one set of flags).
+
+    An option that no method takes is a usage error.
+    """
+    names = list(names)
+    given = {key: value for key, value in values.items() if value is not None}
+    for key in given:
+        if not any(_canonical(key) in card(name).options.declared() for name in names):
+            raise UsageError(f"{_flag_of(key)} applies to none of the methods benchmarked ({', '.join(names)})")
+    return {
+        name: options_for(name, {key: value for key, value in given.items()
+                                 if _canonical(key) in card(name).options.declared()})  # fmt: skip
+        for name in names
+    }
+
+
+#: Old option names still accepted for one release: ``--chunk`` became ``--subgroup``.
+DEPRECATED_NAMES = {"chunk": "subgroup"}
+
+
+def _canonical(key: str) -> str:
+    return DEPRECATED_NAMES.get(key, key)
+
+
+def _flag_of(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _not_applicable(flags: list[str], name: str) -> str:
+    verb = "does" if len(flags) == 1 else "do"
+    takes = [other for other in CARDS if all(other in takers(flag) for flag in flags)]
+    return f"{' and '.join(flags)} {verb} not apply to method {name!r}" + (
+        f"; methods that take {' and '.join(flags)}: {', '.join(takes)}" if takes else ""
+    )

@@ -1,44 +1,35 @@
-"""What every co-saliency method implements; the pipeline does everything else.
+"""What every co-saliency method implements (the method contract); the inference path does the rest.
 
-The pipeline decodes and resizes each image to ``input_size`` x ``input_size`` RGB in [0, 1], moves
-the whole group to the device as one (N, 3, S, S) tensor, calls :meth:`Method.predict_group`
-once, and resizes each returned map back to its image's original size with
-``output_interpolation`` before writing it. A method therefore owns only its computation.
+The inference path (:mod:`cosal_cli.inference`) decodes and resizes each image to ``input_size`` x
+``input_size`` RGB in [0, 1], moves the whole group to the device as one (N, 3, S, S) tensor, calls
+:meth:`Method.predict_group` once, and resizes each returned map back to its image's original size
+with ``output_interpolation``, then applies the refiners. A method therefore owns only its computation.
 
-Options a user gives on the command line (``--sism``, ``--sism-dir``, ``--chunk``) reach a method as
-:class:`MethodOptions`; a method lists the ones it understands in ``accepts``, and the pipeline
-refuses the others with a usage error rather than ignoring them.
+Options a user gives (``--sism``, ``--sism-dir``, ``--subgroup``) reach a method as the typed options
+its card declares (:mod:`cosal_cli.methods.options`); the loader refuses options a method does not take.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 
-from cosal_cli.sism import GroupImages, SismChoice
+from cosal_cli.methods.options import MethodOptions, SismChoice, SismOptions
+
+__all__ = ["GroupImages", "Method", "MethodOptions", "SismChoice", "SismOptions", "TrainableMethod"]
 
 
 @dataclass(frozen=True)
-class MethodOptions:
-    sism: SismChoice = field(default_factory=SismChoice)  # --sism NAME / --sism-dir DIR
-    chunk: int | None = None  # --chunk N: run a group in sub-groups of N (changes co-saliency results)
-    offline: bool = False  # for weights a method fetches itself (a SISM generator's)
+class GroupImages:
+    """Which files a group's input tensor came from (for SISMs read by group and stem)."""
 
-    def given(self) -> list[str]:
-        """The command-line flags these options stand for."""
-        flags = []
-        if self.sism.generator is not None:
-            flags.append("--sism")
-        if self.sism.directory is not None:
-            flags.append("--sism-dir")
-        if self.chunk is not None:
-            flags.append("--chunk")
-        return flags
+    group: str
+    stems: tuple[str, ...]
 
 
 class Method(ABC):
@@ -51,15 +42,19 @@ class Method(ABC):
     output_interpolation: ClassVar[str] = "bilinear"
     #: False for methods that need autograd at inference (GICD); the pipeline then leaves grad mode on.
     inference_mode: ClassVar[bool] = True
-    #: Command-line options this method understands (flags of :meth:`MethodOptions.given`).
-    accepts: ClassVar[frozenset[str]] = frozenset()
+    #: The options it takes; the same class as its card's ``options`` (a test keeps them in step).
+    options_class: ClassVar[type[MethodOptions]] = MethodOptions
 
     def __init__(
-        self, weights: Mapping[str, Path], device: torch.device, batch_size: int = 8, options: MethodOptions | None = None
+        self,
+        weights: Mapping[str, Path],
+        device: torch.device,
+        batch_size: int = 8,
+        options: MethodOptions | None = None,
     ):
         self.device = device
         self.batch_size = max(1, batch_size)
-        self.options = options or MethodOptions()
+        self.options = options if options is not None else self.options_class()
         #: Remarks for the user about this run (e.g. a SISM generator other than the one trained with).
         self.notices: list[str] = []
 
@@ -90,7 +85,11 @@ class TrainableMethod(Method):
     fixed_input: ClassVar[bool] = False
 
     def __init__(
-        self, weights: Mapping[str, Path], device: torch.device, batch_size: int = 8, options: MethodOptions | None = None
+        self,
+        weights: Mapping[str, Path],
+        device: torch.device,
+        batch_size: int = 8,
+        options: MethodOptions | None = None,
     ):
         from cosal_cli.models.heads import load_head
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from cosal_cli.methods import base
+from cosal_cli.methods.base import GroupImages
 from cosal_cli.models.vgg import VGG16Features, imagenet_normalise
 from cosal_cli.refine.admm import AdmmSettings, co_salient_masks
-from cosal_cli.sism import GroupImages
 
 
 class Method(base.Method):
@@ -25,7 +25,11 @@ class Method(base.Method):
     output_interpolation = "bicubic"  # the paper resizes its masks bicubically
 
     def __init__(
-        self, weights: Mapping[str, Path], device: torch.device, batch_size: int = 8, options: base.MethodOptions | None = None
+        self,
+        weights: Mapping[str, Path],
+        device: torch.device,
+        batch_size: int = 8,
+        options: base.MethodOptions | None = None,
     ):
         super().__init__(weights, device, batch_size, options)
         self.backbone = VGG16Features.from_file(weights["backbone"]).to(device)

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from cosal_cli.methods import base
+from cosal_cli.methods.base import GroupImages
 from cosal_cli.models.efficientnet_lite import EfficientNetLite0
 from cosal_cli.models.gicd_lite import GicdLite
-from cosal_cli.sism import GroupImages
 
 
 class Method(base.TrainableMethod):

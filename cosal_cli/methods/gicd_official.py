@@ -14,21 +14,25 @@ from pathlib import Path
 import torch
 
 from cosal_cli.methods import base
+from cosal_cli.methods.base import GroupImages
 from cosal_cli.models.convert import load_state_dict_file
 from cosal_cli.models.gicd import GICD
 from cosal_cli.models.vgg import imagenet_normalise
-from cosal_cli.sism import GroupImages
 
 
 class Method(base.Method):
     name = "gicd-official"
     roles = ("ginet", "co_classifier")
     input_size = 224
-    output_interpolation = "bilinear-official"  # maps equal to the official test's, to the 8-bit level
+    output_interpolation = "bilinear-official"  # resized and truncated as the official test saves (README: agreement)
     inference_mode = False  # the GIM takes a gradient
 
     def __init__(
-        self, weights: Mapping[str, Path], device: torch.device, batch_size: int = 8, options: base.MethodOptions | None = None
+        self,
+        weights: Mapping[str, Path],
+        device: torch.device,
+        batch_size: int = 8,
+        options: base.MethodOptions | None = None,
     ):
         super().__init__(weights, device, batch_size, options)
         model = GICD(chunk=self.batch_size)

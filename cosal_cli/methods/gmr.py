@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from cosal_cli.methods import base
+from cosal_cli.methods.base import GroupImages
 from cosal_cli.refine.manifold_ranking import gmr_saliency
-from cosal_cli.sism import GroupImages
 
 
 class Method(base.Method):

@@ -17,27 +17,29 @@ import torch
 
 from cosal_cli import sism
 from cosal_cli.methods import base
+from cosal_cli.methods.base import GroupImages
 from cosal_cli.models import icnet
 from cosal_cli.models.icnet import IcnetNetwork
 from cosal_cli.models.vgg import VGG16Features
-from cosal_cli.sism import GroupImages
-
-OPTIONS = frozenset({"--sism", "--sism-dir", "--chunk"})
 
 
 class Method(base.TrainableMethod):
     name = "icnet"
     input_size = 224  # fixed by the Co modules' weight shapes
+    options_class = base.SismOptions
     loss = "soft-iou"  # the paper's IoU loss on the four deep-supervised outputs
     fixed_input = True
-    accepts = OPTIONS
 
     def __init__(
-        self, weights: Mapping[str, Path], device: torch.device, batch_size: int = 8, options: base.MethodOptions | None = None
+        self,
+        weights: Mapping[str, Path],
+        device: torch.device,
+        batch_size: int = 8,
+        options: base.SismOptions | None = None,
     ):
         super().__init__(weights, device, batch_size, options)
         trained_with = self.network.config["sism"]
-        choice = self.options.sism
+        choice = self.options.sism_choice
         self.sisms = sism.open_source(choice, trained_with, device, batch_size, self.options.offline)
         if choice.given and self.sisms.name != trained_with:
             self.notices.append(
@@ -53,7 +55,7 @@ class Method(base.TrainableMethod):
     def prepare_training(cls, network: IcnetNetwork, device: torch.device, offline: bool) -> None:
         """Training SISMs come from the head's generator, run on each augmented training image."""
         network.sism_source = sism.open_source(
-            sism.SismChoice(), network.config["sism"], device, batch_size=16, offline=offline, cache=False
+            base.SismChoice(), network.config["sism"], device, batch_size=16, offline=offline, cache=False
         )
 
     @classmethod
@@ -66,4 +68,4 @@ class Method(base.TrainableMethod):
         def run(part: torch.Tensor, sisms: torch.Tensor) -> torch.Tensor:
             return icnet.predict_group(self.network.head, self.network.encode, part, sisms, self.batch_size)
 
-        return sism.predict_in_chunks(images, sources, self.options.chunk, self.sisms, run)
+        return sism.predict_in_subgroups(images, sources, self.options.subgroup, self.sisms, run)

@@ -16,12 +16,11 @@ import torch
 
 from cosal_cli import sism
 from cosal_cli.methods import base
-from cosal_cli.methods.icnet import OPTIONS
+from cosal_cli.methods.base import GroupImages
 from cosal_cli.models import icnet
 from cosal_cli.models.convert import load_state_dict_file
 from cosal_cli.models.icnet import ICNet
 from cosal_cli.models.vgg import imagenet_normalise
-from cosal_cli.sism import GroupImages
 
 DEFAULT_SISM = "sod"
 
@@ -30,17 +29,21 @@ class Method(base.Method):
     name = "icnet-official"
     roles = ("icnet",)
     input_size = 224
-    accepts = OPTIONS
+    options_class = base.SismOptions
 
     def __init__(
-        self, weights: Mapping[str, Path], device: torch.device, batch_size: int = 8, options: base.MethodOptions | None = None
+        self,
+        weights: Mapping[str, Path],
+        device: torch.device,
+        batch_size: int = 8,
+        options: base.SismOptions | None = None,
     ):
         super().__init__(weights, device, batch_size, options)
         model = ICNet()
         model.load_state_dict(load_state_dict_file(weights["icnet"]), strict=True)
         self.model = model.to(device).eval()
-        self.sisms = sism.open_source(self.options.sism, DEFAULT_SISM, device, batch_size, self.options.offline)
-        if self.options.sism.directory is None:
+        self.sisms = sism.open_source(self.options.sism_choice, DEFAULT_SISM, device, batch_size, self.options.offline)
+        if self.options.sism_choice.directory is None:
             self.notices.append(
                 f"icnet-official was trained with EGNet SISMs; these maps use {self.sisms.name}'s "
                 "(pass EGNet maps with --sism-dir to reproduce the paper's setting)"
@@ -54,4 +57,4 @@ class Method(base.Method):
             # the official test's single batch, computed in memory bounded by --batch-size (same maps)
             return icnet.predict_group(self.model, encode, part, sisms, self.batch_size)
 
-        return sism.predict_in_chunks(images, sources, self.options.chunk, self.sisms, run)
+        return sism.predict_in_subgroups(images, sources, self.options.subgroup, self.sisms, run)

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from cosal_cli.methods import base
+from cosal_cli.methods.base import GroupImages
 from cosal_cli.models.sod import SaliencyNetwork
 from cosal_cli.models.vgg import VGG16Features
-from cosal_cli.sism import GroupImages
 
 
 class Method(base.TrainableMethod):

@@ -55,6 +55,7 @@ def check_state_dict(state: Mapping[str, torch.Tensor], model: torch.nn.Module, 
     if problems:
         matched = len(set(expected) & set(state)) - len(shapes)
         raise ValueError(
-            f"{source} does not fit {type(model).__name__} ({matched} of {len(expected)} keys match): " + "; ".join(problems)
+            f"{source} does not fit {type(model).__name__} ({matched} of {len(expected)} keys match): "
+            + "; ".join(problems)
         )
     return dict(state)

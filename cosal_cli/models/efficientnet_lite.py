@@ -113,7 +113,9 @@ class EfficientNetLite0(nn.Module):
         """The 1280-channel map before pooling (stride 32); ``x`` from :func:`lite_normalise`."""
         return self.head_features(self.blocks_until(x, len(self._blocks) - 1, taps=())[0])
 
-    def blocks_until(self, x: torch.Tensor, last: int, taps: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def blocks_until(
+        self, x: torch.Tensor, last: int, taps: tuple[int, ...]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The stem and blocks 0..``last``: the output of ``last`` and the outputs of the blocks in ``taps``."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
         tapped = []

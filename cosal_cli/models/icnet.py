@@ -89,7 +89,9 @@ class CosalSubModule(nn.Module):
         n = len(feats)
         saliency = _resize(sisms, feats.shape[-2:])
         nfs = F.normalize(feats, dim=1)
-        sivs = F.normalize((nfs * saliency).mean(dim=(2, 3), keepdim=True), dim=1)  # [N, C, 1, 1]
+        # .mean(3).mean(2) as the official code reduces: mean(dim=(2, 3)) sums in another order, and ICNet's
+        # argsort of the co-saliency scores turns those 1e-7 differences into rank swaps.
+        sivs = F.normalize((nfs * saliency).mean(3, keepdim=True).mean(2, keepdim=True), dim=1)  # [N, C, 1, 1]
         # Only the SIVs are the group's. At inference each image's correlation with them (N x hw) and its
         # hw x hw self-correlation (2.5 MB at 28x28, held three times over) are made and consumed alone, so
         # a group's peak memory grows by neither (for 300 images the whole group's correlations take 0.28 GB
@@ -136,7 +138,9 @@ class DecoderBlock(nn.Module):
     def forward(self, low_level, cosal_map, sisms, old_feats) -> tuple[torch.Tensor, torch.Tensor]:
         size = low_level.shape[-2:]
         cmprs = self.cmprs(low_level)
-        merged = torch.cat([cmprs * _resize(cosal_map, size), cmprs * _resize(sisms, size), _resize(old_feats, size)], 1)
+        merged = torch.cat(
+            [cmprs * _resize(cosal_map, size), cmprs * _resize(sisms, size), _resize(old_feats, size)], 1
+        )
         feats = self.merge_conv(merged)
         return feats, self.pred.logits(feats)
 
@@ -231,7 +235,9 @@ class ICNet(IcnetHead):
     def forward(self, images: torch.Tensor, sisms: torch.Tensor, training: bool = False):
         """(N, 3, 224, 224) ImageNet-normalised group and (N, 1, 224, 224) SISMs to the final map (or 4 maps)."""
         if tuple(images.shape[-2:]) != (INPUT_SIZE, INPUT_SIZE):
-            raise ValueError(f"ICNet's weights fix the input at {INPUT_SIZE}x{INPUT_SIZE}, got {tuple(images.shape[-2:])}")
+            raise ValueError(
+                f"ICNet's weights fix the input at {INPUT_SIZE}x{INPUT_SIZE}, got {tuple(images.shape[-2:])}"
+            )
         logits = self.decode(self.encode(images), sisms)
         if not training:
             return torch.sigmoid(logits[0])
@@ -301,7 +307,8 @@ def convert_icnet(path) -> dict[str, torch.Tensor]:
         side = round(found.shape[1] ** 0.5) * 32
         raise ValueError(
             f"{path.name} is an ICNet for {side}x{side} input ({key} takes {found.shape[1]} channels, "
-            f"{(INPUT_SIZE // 32) ** 2} at {INPUT_SIZE}); the official release, which cosal runs, is for {INPUT_SIZE}x{INPUT_SIZE}"
+            f"{(INPUT_SIZE // 32) ** 2} at {INPUT_SIZE}); the official release, which cosal runs, "
+            f"is for {INPUT_SIZE}x{INPUT_SIZE}"
         )
     with torch.device("meta"):
         model = ICNet()

@@ -84,7 +84,9 @@ def by_group(images: Sequence[TrainImage]) -> dict[str, list[TrainImage]]:
     return {key: sorted(items, key=lambda item: item.stem) for key, items in sorted(groups.items())}
 
 
-def epoch_batches(groups: Mapping[str, list[TrainImage]], settings: SamplerSettings, epoch: int) -> list[list[TrainImage]]:
+def epoch_batches(
+    groups: Mapping[str, list[TrainImage]], settings: SamplerSettings, epoch: int
+) -> list[list[TrainImage]]:
     """The sub-groups of one epoch, in order; every image exactly once, groups never mixed."""
     rng = np.random.default_rng([settings.seed, epoch])
     batches: list[list[TrainImage]] = []

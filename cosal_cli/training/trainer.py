@@ -29,12 +29,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from cosal_cli import __version__, datasets, methods, metrics
+from cosal_cli import __version__, datasets, inference, methods, metrics
 from cosal_cli.errors import UsageError
 from cosal_cli.io import Group, ImageFile, load_grey
 from cosal_cli.methods.base import TrainableMethod
 from cosal_cli.models.heads import load_tensors, save_head, save_tensors
-from cosal_cli.sism import SismChoice
 from cosal_cli.splits import Split
 from cosal_cli.training.losses import LOSSES, deep_supervision
 from cosal_cli.training.sampler import (
@@ -164,7 +163,7 @@ def _evenly_spaced(images: list[TrainImage], limit: int) -> dict[str, list[Train
 def train(settings: TrainSettings, reporter: TrainReporter) -> dict[str, Any]:
     """Train, validate after every epoch, keep the best head; returns the kept head's metadata."""
     from cosal_cli.hub import WeightHub
-    from cosal_cli.pipeline import resolve_device
+    from cosal_cli.methods.loader import resolve_device
 
     method_class = trainable_method(settings.method)
     _check_settings(method_class, settings)
@@ -173,22 +172,14 @@ def train(settings: TrainSettings, reporter: TrainReporter) -> dict[str, Any]:
     backbone_id = hub.manifest.roles(settings.method)["backbone"]
     backbone = hub.manifest.component(backbone_id)
     data = collect_data(settings.data, settings.split, settings.val_limit, settings.per_group)
-    for entry in data.summary:
-        used = f" ({entry['train_used']} used, --per-group {settings.per_group})" if "train_used" in entry else ""
-        reporter.notice(f"{entry['dataset']}: {entry['train']} training{used} and {entry['held-out']} held-out images")
+    _report_data(data, settings, reporter)
 
     torch.manual_seed(settings.sampler.seed)  # the head's initialisation
     network = method_class.build_network(hub.resolve(backbone_id, offline=settings.offline), settings.config)
     network = network.to(device)
     method_class.prepare_training(network, device, settings.offline)
     optimiser = torch.optim.Adam([p for p in network.head.parameters()], lr=settings.lr)
-    state = LoopState()
-    if settings.resume:
-        state = _load_checkpoint(settings, network, optimiser, reporter)
-    elif settings.checkpoint.exists():
-        raise UsageError(
-            f"{settings.checkpoint} exists from an earlier run: add --resume to continue it, or delete it to start over"
-        )
+    state = _start_state(settings, network, optimiser, reporter)
 
     groups = by_group(data.train)
     store = ImageStore()
@@ -207,7 +198,9 @@ def train(settings: TrainSettings, reporter: TrainReporter) -> dict[str, Any]:
                     batches[state.batch], store, settings.sampler, state.epoch, state.batch, data.train
                 )
                 _set_lr(optimiser, settings.lr, state.step, total_steps)
-                loss_value = _step(network, optimiser, method_class.loss, images.to(device), targets.to(device), autocast)
+                loss_value = _step(
+                    network, optimiser, method_class.loss, images.to(device), targets.to(device), autocast
+                )
                 state.step += 1
                 state.batch += 1
                 state.images += len(images)
@@ -237,6 +230,23 @@ def _finalise(settings: TrainSettings, state: LoopState) -> dict[str, Any]:
     return metadata
 
 
+def _report_data(data, settings: TrainSettings, reporter: TrainReporter) -> None:
+    for entry in data.summary:
+        used = f" ({entry['train_used']} used, --per-group {settings.per_group})" if "train_used" in entry else ""
+        reporter.notice(f"{entry['dataset']}: {entry['train']} training{used} and {entry['held-out']} held-out images")
+
+
+def _start_state(settings: TrainSettings, network, optimiser, reporter: TrainReporter) -> LoopState:
+    """A fresh loop, or the checkpoint's with --resume; a checkpoint left without --resume is refused."""
+    if settings.resume:
+        return _load_checkpoint(settings, network, optimiser, reporter)
+    if settings.checkpoint.exists():
+        raise UsageError(
+            f"{settings.checkpoint} exists from an earlier run: add --resume to continue it, or delete it to start over"
+        )
+    return LoopState()
+
+
 def trainable_method(name: str) -> type[TrainableMethod]:
     method_class = methods.method_class(name)
     if not issubclass(method_class, TrainableMethod):
@@ -249,9 +259,9 @@ def trainable_method(name: str) -> type[TrainableMethod]:
 
 def _check_settings(method_class: type[TrainableMethod], settings: TrainSettings) -> None:
     if settings.config.get("sism") is not None:
-        if "--sism" not in method_class.accepts:
+        if "sism" not in methods.card(settings.method).options.declared():
             raise UsageError(f"--sism does not apply to method {settings.method!r}: it uses no SISMs")
-        SismChoice(settings.config["sism"])  # a usage error unless it names a SISM generator
+        methods.check_sism_generator(settings.config["sism"])
     if method_class.fixed_input and settings.sampler.size != method_class.input_size:
         raise UsageError(
             f"--size {settings.sampler.size}: {settings.method}'s layers fix the input at "
@@ -336,32 +346,25 @@ class _Validator:
         return sum(len(items) for items in self.held_out.values())
 
     def run(self, network: torch.nn.Module) -> dict[str, float]:
-        from cosal_cli.pipeline import to_image_size
-
         method = self.method_class.from_network(network, self.device)
         accumulator = metrics.MetricAccumulator("pysodmetrics")
         network.eval()
         try:
             for key, (decoded, masks) in self._decode(method.input_size).items():
-                pixels = torch.from_numpy(decoded.pixels).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-                with torch.inference_mode(method.inference_mode):
-                    maps = method.predict_group(pixels).detach().float().cpu()
-                for low_res, size, mask in zip(maps, decoded.sizes, masks):
-                    prediction = to_image_size(low_res, size, method.output_interpolation)
-                    accumulator.add(key, metrics.evaluate_pair(prediction, mask))
+                maps = inference.infer(method, decoded)  # the path `cosal detect` takes, so the same maps
+                for index, mask in enumerate(masks):
+                    accumulator.add(key, metrics.evaluate_pair(maps.eight_bit(index), mask))
         finally:
             network.train()
         summary = accumulator.summary()
         return {name: round(float(summary[name]), 5) for name in VALIDATION_METRICS}
 
     def _decode(self, size: int) -> dict[str, tuple[Any, list[np.ndarray]]]:
-        from cosal_cli.pipeline import decode_group
-
         if self._decoded is None:
             self._decoded = {}
             for key, items in self.held_out.items():
                 group = Group(key, items[0].image.parent, [ImageFile(item.image, item.stem) for item in items])
-                decoded = decode_group(group, size)
+                decoded = inference.decode_group(group, size)
                 if decoded.problems:
                     raise UsageError(decoded.problems[0].message)
                 self._decoded[key] = (decoded, [load_grey(item.mask) for item in items])

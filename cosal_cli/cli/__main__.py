@@ -1,0 +1,3 @@
+from cosal_cli.cli import main
+
+main()

@@ -1,0 +1,51 @@
+"""Options shared by several commands. The methods' own options (``--sism`` ...) take their help text
+and the list of methods that take them from the methods' declarations (:mod:`cosal_cli.methods.options`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from cosal_cli import methods
+from cosal_cli.errors import UsageError
+from cosal_cli.methods.options import SismOptions
+from cosal_cli.refine import REFINERS
+
+
+def _method_help(name: str) -> str:
+    flag = SismOptions.declared()[name]
+    return f"{SismOptions.help_of(name)}. Methods: {', '.join(methods.takers(flag))}."
+
+
+SismOption = Annotated[Optional[str], typer.Option("--sism", help=_method_help("sism"))]
+SismDirOption = Annotated[Optional[Path], typer.Option("--sism-dir", help=_method_help("sism_dir"))]
+SubgroupOption = Annotated[Optional[int], typer.Option("--subgroup", min=1, help=_method_help("subgroup"))]
+ChunkOption = Annotated[
+    Optional[int], typer.Option("--chunk", min=1, hidden=True, help="Deprecated name of --subgroup (one release).")
+]
+RefineOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--refine", help=f"Refine every map with this refiner after the method (repeatable): "
+                 f"{', '.join(REFINERS)}. ranking propagates the map over the image's SLIC superpixels."),
+]
+LayoutOption = Annotated[
+    str,
+    typer.Option("--layout", help="How to read each PATH folder: auto (images inside: one group; only "
+                 "sub-folders: a folder of groups; both: an error asking you to choose), group (the folder is "
+                 "one group, sub-folders ignored) or groups (each sub-folder is a group, loose images ignored)."),
+]
+DebugOption = Annotated[
+    bool, typer.Option("--debug", help="Print the traceback of an internal error (exit 5) to report it.")
+]
+
+
+def method_values(sism: str | None, sism_dir: Path | None, subgroup: int | None, chunk: int | None,
+                  notices: list[str]) -> dict[str, Any]:  # fmt: skip
+    """The method options given on the command line, by option name (``chunk``: the old ``subgroup``)."""
+    if chunk is not None:
+        if subgroup is not None:
+            raise UsageError("--chunk is the old name of --subgroup: give only --subgroup")
+        notices.append("--chunk is deprecated and will be removed in the next release: use --subgroup")
+    return {"sism": sism, "sism_dir": sism_dir, "subgroup": subgroup, "chunk": chunk}

@@ -1,0 +1,154 @@
+"""The one in-memory inference path for a group: decode, resize to the method's input, predict,
+resize back to each image's size, refine.
+
+The folder runner, ``bench`` (through the runner), ``train``'s validation and the Python API all call
+these functions, so a map is computed the same way wherever it is asked for. Nothing here writes a
+file or reports progress: that is the runners' job.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cosal_cli.errors import InputError
+from cosal_cli.io import Group, ImageFile, Problem, load_rgb
+from cosal_cli.methods.base import GroupImages, Method
+from cosal_cli.refine import Refiner
+
+
+@dataclass
+class DecodedGroup:
+    """One group ready for the network: kept images and their network-size pixels."""
+
+    images: list[Any]  # what each kept image came from (an ImageFile in folder runs)
+    sizes: list[tuple[int, int]]  # (width, height) of each original, after EXIF orientation
+    pixels: np.ndarray | None  # (N, S, S, 3) uint8
+    problems: list[Problem]
+    notes: list[str]
+    seconds: float
+    #: The (H, W, 3) uint8 originals, kept only when refiners will need them.
+    originals: list[np.ndarray] | None = None
+
+
+def decode_group(group: Group, size: int, keep_originals: bool = False) -> DecodedGroup:
+    """Decode a discovered group's files; an unusable file becomes a Problem, never an exception."""
+    tick = time.perf_counter()
+    decoded = DecodedGroup([], [], None, [], [], 0.0, [] if keep_originals else None)
+    pixels = []
+    for image in group.images:
+        try:
+            loaded = load_rgb(image.path)
+        except InputError as exc:
+            decoded.problems.append(Problem(image.path, str(exc), group.name))
+            continue
+        decoded.notes += [f"{image.path}: {note}" for note in loaded.notes]
+        pixels.append(_add(decoded, image, loaded.rgb, size))
+    decoded.pixels = np.stack(pixels) if pixels else None
+    decoded.seconds = time.perf_counter() - tick
+    return decoded
+
+
+def prepare_images(images: Sequence[Image.Image], labels: Sequence[Any], size: int,
+                   keep_originals: bool = False) -> DecodedGroup:  # fmt: skip
+    """The same for images already in memory (8-bit RGB PIL images, EXIF orientation applied)."""
+    decoded = DecodedGroup([], [], None, [], [], 0.0, [] if keep_originals else None)
+    pixels = [_add(decoded, label, image, size) for label, image in zip(labels, images)]
+    decoded.pixels = np.stack(pixels) if pixels else None
+    return decoded
+
+
+def _add(decoded: DecodedGroup, label: Any, rgb: Image.Image, size: int) -> np.ndarray:
+    decoded.images.append(label)
+    decoded.sizes.append(rgb.size)
+    if decoded.originals is not None:
+        decoded.originals.append(np.asarray(rgb))
+    # Square resize with Pillow's bilinear filter, as the GICD / ICNet reference test scripts do.
+    return np.asarray(rgb.resize((size, size), Image.BILINEAR))
+
+
+def predict(method: Method, pixels: np.ndarray, sources: GroupImages | None = None) -> torch.Tensor:
+    """(N, S, S, 3) uint8 pixels to the method's (N, h, w) float32 maps in [0, 1], on the CPU."""
+    batch = torch.from_numpy(pixels).to(method.device).permute(0, 3, 1, 2)
+    # One copy that converts and makes the tensor contiguous: the official code's input layout, and
+    # convolutions then see the same memory order as there (channels-last changed the last float bits).
+    batch = batch.to(dtype=torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+    with torch.inference_mode(method.inference_mode):
+        maps = method.predict_group(batch, sources)
+    maps = maps.detach().float().cpu()
+    if maps.ndim != 3 or maps.shape[0] != pixels.shape[0]:
+        raise TypeError(f"{method.name} returned maps of shape {tuple(maps.shape)} for {pixels.shape[0]} images")
+    return maps
+
+
+def map_at_size(low_res: torch.Tensor, size: tuple[int, int], interpolation: str) -> np.ndarray:
+    """A method's (h, w) map in [0, 1] as the (H, W) float32 map of an image of ``size`` = (W, H)."""
+    width, height = size
+    official = interpolation == "bilinear-official"  # GICD's test.py: align_corners=True
+    mode = "bilinear" if official else interpolation
+    full = F.interpolate(low_res[None, None], size=(height, width), mode=mode, align_corners=official)[0, 0]
+    return full.clamp_(0.0, 1.0).numpy()
+
+
+def to_8_bits(values: np.ndarray, interpolation: str) -> np.ndarray:
+    """A float map in [0, 1] as 8 bits: rounded, or truncated as GICD's ToPILImage does (bilinear-official)."""
+    scaled = np.multiply(values, np.float32(255.0), dtype=np.float32)
+    return (np.floor(scaled) if interpolation == "bilinear-official" else np.rint(scaled)).astype(np.uint8)
+
+
+def to_image_size(low_res: torch.Tensor, size: tuple[int, int], interpolation: str) -> np.ndarray:
+    """A method's (h, w) map in [0, 1] as the (H, W) uint8 map of an image of ``size`` = (W, H)."""
+    return to_8_bits(map_at_size(low_res, size, interpolation), interpolation)
+
+
+@dataclass
+class GroupMaps:
+    """A group's maps, brought to each image's size (and refined) one at a time, when asked for.
+
+    Full-size maps of a large group of large photos do not fit in memory together; the low-resolution
+    maps do, so that is what is kept.
+    """
+
+    low_res: torch.Tensor  # (N, h, w) in [0, 1]
+    sizes: list[tuple[int, int]]
+    interpolation: str
+    refiners: Sequence[Refiner] = ()
+    originals: list[np.ndarray] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def full(self, index: int) -> np.ndarray:
+        """Map ``index`` at its image's size, float32 in [0, 1], refined."""
+        values = map_at_size(self.low_res[index], self.sizes[index], self.interpolation)
+        for refiner in self.refiners:
+            values = np.clip(refiner(values, self.originals[index]), 0.0, 1.0).astype(np.float32)
+        return values
+
+    def eight_bit(self, index: int) -> np.ndarray:
+        """Map ``index`` as written to a PNG."""
+        return to_8_bits(self.full(index), self.interpolation)
+
+
+def infer(method: Method, decoded: DecodedGroup, sources: GroupImages | None = None,
+          refiners: Sequence[Refiner] = ()) -> GroupMaps:  # fmt: skip
+    """Predict a decoded group; its maps come back lazily at each image's size."""
+    if refiners and decoded.originals is None:
+        raise ValueError("refiners need the original images: decode with keep_originals=True")
+    tick = time.perf_counter()
+    low_res = predict(method, decoded.pixels, sources)
+    return GroupMaps(low_res, decoded.sizes, method.output_interpolation, refiners, decoded.originals,
+                     {"compute_s": time.perf_counter() - tick})  # fmt: skip
+
+
+def sources_of(group: Group, images: Sequence[ImageFile]) -> GroupImages:
+    """The group's name and the output stems of its kept images (SISM folders are keyed by them)."""
+    return GroupImages(group.name, tuple(image.output_name.removesuffix(".png") for image in images))

@@ -1,0 +1,71 @@
+"""One loader: a method's name, a device and options to a ready :class:`Method` with verified weights.
+
+Everything that runs a method goes through :func:`load_method`: the command line (through the
+runners), ``bench``, ``train``'s validation, the SISM sources, the benchmarks and the Python API.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from cosal_cli import methods
+from cosal_cli.errors import UsageError
+from cosal_cli.hub import ProgressCallback, WeightHub
+from cosal_cli.methods.base import Method
+from cosal_cli.methods.options import MethodOptions
+
+
+def resolve_device(spec: str | torch.device) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` to a torch.device; a CUDA request without CUDA is a usage error."""
+    if isinstance(spec, torch.device):
+        return spec
+    spec = spec.strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", spec)
+    if not match:
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, not {spec!r}")
+    if not torch.cuda.is_available():
+        build = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise UsageError(
+            f"--device {spec}: no CUDA device is available (torch {torch.__version__}, {build}); "
+            "use --device cpu or --device auto"
+        )
+    index = int(match.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise UsageError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return torch.device("cuda", index)
+
+
+def load_method(
+    name: str,
+    device: str | torch.device = "auto",
+    batch_size: int = 8,
+    offline: bool = False,
+    progress: ProgressCallback | None = None,
+    options: MethodOptions | None = None,
+) -> Method:
+    """A ready method with its verified weights (fetched first when missing and allowed).
+
+    ``options`` the method does not take are a usage error (``--sism`` for a method without SISMs).
+    """
+    options = methods.check_options(name, options or methods.card(name).options())
+    return methods.method_class(name)(
+        resolve_roles(name, offline, progress), resolve_device(device), batch_size=batch_size,
+        options=replace(options, offline=offline),
+    )  # fmt: skip
+
+
+def resolve_roles(method_name: str, offline: bool = False, progress: ProgressCallback | None = None) -> dict[str, Path]:
+    """Verified weight files for each role of the method (fetched first if missing and allowed)."""
+    hub = WeightHub()
+    return {
+        role: hub.resolve(component_id, offline=offline, progress=progress)
+        for role, component_id in hub.manifest.roles(method_name).items()
+    }

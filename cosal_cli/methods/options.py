@@ -1,0 +1,80 @@
+"""Typed options per method: what a user may set beyond the method's name, declared once.
+
+Each method's card names an options dataclass. Its fields made with :func:`option` carry their
+command-line flag and help text, so the command line builds its ``--help`` and its "does not apply
+to method X" errors from these declarations, and the Python API takes the same names as keywords
+(``cosal_cli.load("icnet", sism="gmr")``). This module imports no torch, so ``cosal --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from cosal_cli.errors import UsageError
+
+
+def option(flag: str, help: str) -> Any:
+    """A user-settable option: ``None`` means the method's default."""
+    return field(default=None, metadata={"flag": flag, "help": help})
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """Options every method takes; a method with its own options subclasses this."""
+
+    offline: bool = False  # not a user option: set by the loader, for weights a method fetches itself
+
+    @classmethod
+    def declared(cls) -> dict[str, str]:
+        """``{field name: flag}`` of the user-settable options."""
+        return {item.name: item.metadata["flag"] for item in fields(cls) if "flag" in item.metadata}
+
+    @classmethod
+    def help_of(cls, name: str) -> str:
+        return next(item.metadata["help"] for item in fields(cls) if item.name == name)
+
+    def given(self) -> list[str]:
+        """The flags of the options set to something other than the default."""
+        return [flag for name, flag in self.declared().items() if getattr(self, name) is not None]
+
+
+@dataclass(frozen=True)
+class SismChoice:
+    """``--sism NAME`` or ``--sism-dir DIR`` (at most one of them); both None: the method's default."""
+
+    generator: str | None = None
+    directory: Path | None = None
+
+    def __post_init__(self) -> None:
+        # Whether ``generator`` names a SISM generator is the registry's to say: the loader checks it.
+        if self.generator is not None and self.directory is not None:
+            raise UsageError("--sism and --sism-dir exclude each other: the SISMs come from one source")
+        if self.directory is not None and not Path(self.directory).is_dir():
+            raise UsageError(f"--sism-dir {self.directory}: no such folder (expected <DIR>/<group>/<stem>.png)")
+
+    @property
+    def given(self) -> bool:
+        return self.generator is not None or self.directory is not None
+
+
+@dataclass(frozen=True)
+class SismOptions(MethodOptions):
+    """Methods that consume single-image saliency maps (ICNet)."""
+
+    sism: str | None = option("--sism", "the single-image saliency generator, sod or gmr (default: the one the "
+                              "weights were trained with); SISMs are cached per image")  # fmt: skip
+    sism_dir: Path | None = option("--sism-dir", "precomputed SISMs, DIR/<group>/<stem>.png, from any detector")
+    subgroup: int | None = option("--subgroup", "run each group as sub-groups of N images (in name order). "
+                                  "CHANGES the maps: the consensus is per sub-group; "
+                                  "default: the whole group")  # fmt: skip
+
+    def __post_init__(self) -> None:
+        self.sism_choice  # noqa: B018  (validates --sism / --sism-dir now, not when the method runs)
+        if self.subgroup is not None and self.subgroup < 1:
+            raise UsageError(f"--subgroup must be at least 1, not {self.subgroup}")
+
+    @property
+    def sism_choice(self) -> SismChoice:
+        return SismChoice(self.sism, None if self.sism_dir is None else Path(self.sism_dir))
