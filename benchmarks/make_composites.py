@@ -31,6 +31,9 @@ def held_out_items(data: list[Path], split: splits.Split) -> list[tuple[str, dat
     items = []
     for folder in data:
         for name in sorted(path.name for path in folder.iterdir() if (path / "GroundTruth").is_dir()):
+            rule = split.rule(name)
+            if not rule.held_out_groups and not rule.held_out_fraction:
+                continue  # a training-only dataset (duts_class in shared-v2)
             dataset = splits.held_out_part(datasets.locate(name, folder), split)
             items += [(f"{name}-{item.group}", item) for item in dataset.items]
     return items

@@ -379,3 +379,22 @@ def test_training_icnet_end_to_end_records_the_sism_generator(toy, real_weights,
     result = runner.invoke(app, ["train", "--method", "sod", "--data", str(toy["data"]), "--split", str(toy["split"]),
                                  "--output", str(tmp_path / "x.safetensors"), "--sism", "gmr"])  # fmt: skip
     assert result.exit_code == 2 and "--sism does not apply to method 'sod'" in result.output
+
+
+@pytest.mark.weights
+def test_the_api_runs_icnet_official_as_the_cli_does(official_weights, tmp_path):
+    """The Python API on an imported official checkpoint (random weights): the CLI's PNGs to 1/255."""
+    import cosal_cli
+
+    cats = sorted((EXAMPLES / "Image" / "cat").glob("*.jpg"))[:4]
+    group = tmp_path / "cat"
+    group.mkdir()
+    for path in cats:
+        (group / path.name).symlink_to(path)
+    maps = cosal_cli.load("icnet-official", device="cpu", offline=True).predict(cats, name="cat")
+    result = CliRunner().invoke(app, ["detect", str(group), "-m", "icnet-official", "-o", str(tmp_path / "o"),
+                                      "--offline"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for path, ours in zip(cats, maps):
+        written = np.asarray(Image.open(tmp_path / "o" / "cat" / f"{path.stem}.png"), dtype=np.float32) / 255
+        assert ours.shape == written.shape and np.abs(ours - written).max() <= 1 / 255 + 1e-6

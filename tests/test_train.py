@@ -350,6 +350,42 @@ def test_composites_need_donors_of_another_group(tmp_path):
     torch.testing.assert_close(targets[:, 0], images[:, 0], atol=1e-6, rtol=0)
 
 
+def test_outsiders_come_from_another_group_with_zero_targets_and_never_first(tmp_path):
+    items = colour_dataset(tmp_path, COMPOSITE_GROUPS, count=4)
+    settings = SamplerSettings(size=32, min_group=2, max_group=3, outsider_fraction=1.0)
+    store, seen = ImageStore(), 0
+    for epoch in range(3):
+        for index, batch in enumerate(epoch_batches(by_group(items), settings, epoch)):
+            images, targets = make_batch(batch, store, settings, epoch, index, items)
+            own = COMPOSITE_GROUPS[(batch[0].dataset, batch[0].group)]
+            torch.testing.assert_close(targets[0, 0], images[0, own], atol=1e-6, rtol=0)  # the group's own image
+            assert targets[0].max() > 0.5
+            for image, target in zip(images[1:], targets[1:]):
+                assert target.max() == 0  # an outsider: nothing of the group's object is in it
+                assert image[own].max() == 0 and image.max() > 0.5  # its object has another group's colour
+                seen += 1
+    assert seen > 0
+
+
+def test_outsider_fraction_half_replaces_about_half_and_zero_none(tmp_path):
+    items = colour_dataset(tmp_path, COMPOSITE_GROUPS, count=6)
+    for fraction, low, high in ((0.0, 0.0, 0.0), (0.5, 0.3, 0.7)):
+        settings = SamplerSettings(size=32, min_group=3, max_group=3, outsider_fraction=fraction)
+        flags = []
+        for epoch in range(6):
+            for index, batch in enumerate(epoch_batches(by_group(items), settings, epoch)):
+                _, targets = make_batch(batch, ImageStore(), settings, epoch, index, items)
+                flags += [bool(target.max() == 0) for target in targets[1:]]
+        assert low * len(flags) <= sum(flags) <= high * len(flags), (fraction, sum(flags), len(flags))
+
+
+def test_outsiders_are_refused_for_a_single_image_method(tmp_path):
+    settings = trainer.TrainSettings(method="sod", data=[], split=None, output=tmp_path / "h.safetensors",
+                                     sampler=SamplerSettings(outsider_fraction=0.2))  # fmt: skip
+    with pytest.raises(UsageError, match="sees one image at a time"):
+        trainer._check_settings(trainer.trainable_method("sod"), settings)
+
+
 # ----------------------------------------------------------------------------------------------
 # Losses
 # ----------------------------------------------------------------------------------------------
@@ -557,6 +593,15 @@ def test_the_shipped_split_parses():
     assert split.part("davis12", "dog", "00000") == split.part("sysu5", "boat", "x") == "held-out"
     assert split.part("davis12", "bear", "00000") == "train"
     assert split.datasets["persons"].held_out_fraction == {"ccp": 0.2, "humanseg": 0.2}
+
+
+def test_shared_v2_is_shared_v1_plus_all_of_duts_class_for_training():
+    old = load_split(REPO / "training" / "splits" / "shared-v1.yaml")
+    new = load_split(REPO / "training" / "splits" / "shared-v2.yaml")
+    assert new.name == "shared-v2" and set(new.datasets) == set(old.datasets) | {"duts_class"}
+    for name, rule in old.datasets.items():  # the held-out part stays comparable
+        assert new.datasets[name] == rule, name
+    assert new.part("duts_class", "0001-goldfish", "ILSVRC2012_test_00000003") == "train"
 
 
 # ----------------------------------------------------------------------------------------------

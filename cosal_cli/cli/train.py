@@ -55,6 +55,10 @@ def train(
     composite_fraction: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Fraction of images given a pasted object of another group.")
     ] = 0.0,
+    outsider_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Fraction of a sub-group's images (never its first) replaced by "
+                            "an image of another group with an all-zero target (co-saliency methods only).")
+    ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the head's initialisation and of every batch.")] = 0,
     sism: Annotated[
         Optional[str],
@@ -87,7 +91,8 @@ def train(
         raise UsageError(f"--output {output}: heads are written as .safetensors files")
     try:
         sampler = SamplerSettings(size=size, min_group=min_group, max_group=max_group,
-                                  composite_fraction=composite_fraction, seed=seed)  # fmt: skip
+                                  composite_fraction=composite_fraction, outsider_fraction=outsider_fraction,
+                                  seed=seed)  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if threads is not None:

@@ -83,6 +83,8 @@ class TrainableMethod(Method):
     loss: ClassVar[str] = "soft-iou"
     #: True when layer shapes fix the input size (ICNet): training crops must be ``input_size`` too.
     fixed_input: ClassVar[bool] = False
+    #: False for single-image methods (sod): a map never depends on the other images of the group.
+    group_context: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ class Method(base.TrainableMethod):
     name = "sod"
     input_size = 224
     loss = "soft-iou"
+    group_context = False
 
     @classmethod
     def build_network(cls, backbone: Path, config: Mapping | None = None) -> SaliencyNetwork:

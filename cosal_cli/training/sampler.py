@@ -12,6 +12,11 @@ Augmentation, the same for an image and its mask: a random crop (area and aspect
 Jigsaw composites (GICD, ECCV 2020, section 3.4): with probability ``composite_fraction`` an image
 gets an object cut, with its mask, from an image of *another* group pasted onto it, so it holds an
 extraneous foreground; its target is its own mask minus whatever the paste covers.
+
+Outsiders: with probability ``outsider_fraction`` an image of a sub-group (never the first, so the
+group's object is always there) is replaced by an image of *another* group with an all-zero target:
+the group's common object is absent, so a co-saliency map must be black there however salient the
+image's own object is (GCoNet's group collaborative learning teaches the same with whole groups).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class SamplerSettings:
     min_group: int = 2
     max_group: int = 6
     composite_fraction: float = 0.0
+    outsider_fraction: float = 0.0
     crop_area: tuple[float, float] = (0.6, 1.0)  # fraction of the image a crop keeps
     crop_aspect: tuple[float, float] = (3 / 4, 4 / 3)
     flip: bool = True
@@ -56,8 +62,9 @@ class SamplerSettings:
     def __post_init__(self) -> None:
         if not 1 <= self.min_group <= self.max_group:
             raise ValueError(f"sub-group sizes must satisfy 1 <= min ({self.min_group}) <= max ({self.max_group})")
-        if not 0.0 <= self.composite_fraction <= 1.0:
-            raise ValueError(f"composite fraction {self.composite_fraction} is not between 0 and 1")
+        for name in ("composite_fraction", "outsider_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name.replace('_', ' ')} {getattr(self, name)} is not between 0 and 1")
 
 
 class ImageStore:
@@ -130,19 +137,29 @@ def make_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (k, 3, S, S) in [0, 1] and targets (k, 1, S, S) in [0, 1] for batch ``index`` of ``epoch``.
 
-    ``donors`` are the images composites may take objects from; only those of other groups are used.
+    ``donors`` are the images composites and outsiders come from; only those of other groups are used.
     """
     rng = np.random.default_rng([settings.seed, epoch, index])
     images, targets = [], []
     other_groups: dict[str, list[TrainImage]] = {}  # donors outside each group, listed once per batch
-    for item in batch:
-        rgb, mask = store.get(item)
-        image, target = augment(rgb, mask, settings, rng)
-        if settings.composite_fraction > 0 and rng.random() < settings.composite_fraction:
-            if item.group_key not in other_groups:
-                other_groups[item.group_key] = [donor for donor in donors if donor.group_key != item.group_key]
-            others = other_groups[item.group_key]
-            if others:
+
+    def others_of(item: TrainImage) -> list[TrainImage]:
+        if item.group_key not in other_groups:
+            other_groups[item.group_key] = [donor for donor in donors if donor.group_key != item.group_key]
+        return other_groups[item.group_key]
+
+    for position, item in enumerate(batch):
+        # Drawn only when asked for, so that runs without outsiders keep their exact random stream.
+        outsider = position > 0 and settings.outsider_fraction > 0 and rng.random() < settings.outsider_fraction
+        if outsider and others_of(item):
+            outsiders = others_of(item)
+            rgb, _ = store.get(outsiders[int(rng.integers(len(outsiders)))])
+            image, target = augment(rgb, np.zeros(rgb.shape[:2], np.float32), settings, rng)
+        else:
+            rgb, mask = store.get(item)
+            image, target = augment(rgb, mask, settings, rng)
+            if settings.composite_fraction > 0 and rng.random() < settings.composite_fraction and others_of(item):
+                others = others_of(item)
                 donor_rgb, donor_mask = store.get(others[int(rng.integers(len(others)))])
                 image, target, _ = paste_object(image, target, donor_rgb, donor_mask, settings, rng)
         images.append(image)

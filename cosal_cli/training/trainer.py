@@ -262,6 +262,11 @@ def _check_settings(method_class: type[TrainableMethod], settings: TrainSettings
         if "sism" not in methods.card(settings.method).options.declared():
             raise UsageError(f"--sism does not apply to method {settings.method!r}: it uses no SISMs")
         methods.check_sism_generator(settings.config["sism"])
+    if settings.sampler.outsider_fraction > 0 and not method_class.group_context:
+        raise UsageError(
+            f"--outsider-fraction: {settings.method} sees one image at a time, so it cannot learn that an image "
+            "is outside its group; use it with co-saliency methods"
+        )
     if method_class.fixed_input and settings.sampler.size != method_class.input_size:
         raise UsageError(
             f"--size {settings.sampler.size}: {settings.method}'s layers fix the input at "
