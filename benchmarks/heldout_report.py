@@ -60,7 +60,8 @@ def score(detector, groups: dict[str, list[tuple[Path, Path]]], outsiders: set[s
             accumulator.add(group, metrics.evaluate_pair(prediction, load_grey(mask)))
             means[f"{group}/{image.stem}" in outsiders].append(float(prediction.mean()))
     summary = accumulator.summary()
-    result = {key: round(float(summary[key]), 4) for key in COLUMNS}
+    result: dict = {key: round(float(summary[key]), 4) for key in COLUMNS}
+    result["group_sm"] = {group: round(float(values["sm"]), 4) for group, values in accumulator.per_group().items()}
     if outsiders:
         result["outsider_ratio"] = round(float(np.mean(means[True]) / max(np.mean(means[False]), 1e-9)), 3)
     return result
