@@ -10,7 +10,7 @@ Groups are made from the committed example images, copied to the size wanted. We
 * end-to-end images/s of `cosal detect --json` (decode, network, resize back, PNG writing);
 * the peak resident memory of `cosal detect --method gicd` per group size, each in a fresh process,
   and its growth per image beyond the smallest group. The consensus is summed chunk by chunk and the
-  GIM runs chunk by chunk, so what grows with the group is only what the pipeline keeps per image
+  GIM runs chunk by chunk, so what grows with the group is only what the runner keeps per image
   (the decoded 224x224 input and the map), not the network's activations.
 """
 
@@ -107,7 +107,7 @@ def parse_arguments(description: str) -> argparse.Namespace:
 
 
 def example_batch(size: int, device: torch.device) -> torch.Tensor:
-    """A decoded group of ``size`` example images, as the pipeline gives it to a method (224 x 224, [0, 1])."""
+    """A decoded group of ``size`` example images, as the inference path gives it to a method (224 x 224, [0, 1])."""
     paths = [EXAMPLES[i % len(EXAMPLES)] for i in range(size)]
     pixels = np.stack([np.asarray(Image.open(p).convert("RGB").resize((224, 224), Image.BILINEAR)) for p in paths])
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255).to(device)

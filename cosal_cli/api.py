@@ -60,8 +60,7 @@ def load(
     """
     name = method or methods.DEFAULT_METHOD
     typed = methods.options_for(name, options)
-    refiner_names = [*methods.card(name).refiners, *refine]
-    refiners = [load_refiner(refiner) for refiner in refiner_names]
+    refiners = [load_refiner(refiner) for refiner in methods.refiners_for(name, refine)]
     loaded = load_method(name, device, batch_size, offline, progress, typed)
     return Detector(loaded, refiners, _weights_of(name))
 
@@ -140,12 +139,7 @@ def _describe(item: Any) -> str:
 
 def _weights_of(method: str) -> dict[str, WeightInfo]:
     hub = WeightHub()
-    weights = {}
-    for role, component_id in hub.manifest.roles(method).items():
-        component = hub.manifest.component(component_id)
-        sha256 = component.sha256
-        if component.imported:  # an imported file's sha256 is its import record's
-            record = hub.import_record(component)
-            sha256 = record.sha256 if record else None
-        weights[role] = WeightInfo(component_id, sha256)
-    return weights
+    return {
+        role: WeightInfo(component_id, hub.expected_sha256(hub.manifest.component(component_id)))
+        for role, component_id in hub.manifest.roles(method).items()
+    }

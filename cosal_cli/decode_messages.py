@@ -12,6 +12,7 @@ background thread while the main thread computes and prints.
 from __future__ import annotations
 
 import ctypes
+import functools
 import platform
 import re
 import threading
@@ -113,15 +114,19 @@ def _tiff_router(label: str):
     return handle
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None)
+
+
 def _format(template: bytes | None, arguments: int | None) -> str:
     """printf-format libtiff's message with its va_list; only where va_list is passed as a pointer."""
     raw = (template or b"").decode("utf-8", "replace")
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return raw
     try:
-        libc = ctypes.CDLL(None)
         buffer = ctypes.create_string_buffer(512)
-        libc.vsnprintf(buffer, ctypes.c_size_t(len(buffer)), template, ctypes.c_void_p(arguments))
+        _libc().vsnprintf(buffer, ctypes.c_size_t(len(buffer)), template, ctypes.c_void_p(arguments))
         return buffer.value.decode("utf-8", "replace")
     except (OSError, AttributeError, ctypes.ArgumentError):
         return raw

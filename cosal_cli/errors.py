@@ -1,6 +1,6 @@
 """Errors that end a command, each carrying the exit code a shell script sees.
 
-Per-image problems are not exceptions of this kind: the pipeline records them and carries on
+Per-image problems are not exceptions of this kind: the runner records them and carries on
 (see ``io.Problem``); only whole-run problems (bad usage, missing or corrupt weights)
 stop a command.
 """
@@ -58,7 +58,7 @@ class ChecksumMismatch(CosalError):
 class InputError(Exception):
     """One input (an image, a group's SISM) cannot be used; the message is the reason and the fix.
 
-    Not a CosalError: it never ends a command. The pipeline records it against the input and goes on.
+    Not a CosalError: it never ends a command. The runner records it against the input and goes on.
     """
 
 

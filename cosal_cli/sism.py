@@ -158,7 +158,7 @@ def cache_folder(generator: str) -> Path:
 
 
 def _as_uint8(images: torch.Tensor) -> Sequence[np.ndarray]:
-    """The exact 8-bit pixels the pipeline decoded (images are uint8 / 255)."""
+    """The exact 8-bit pixels the inference path decoded (images are uint8 / 255)."""
     return list(images.detach().mul(255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy())
 
 

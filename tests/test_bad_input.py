@@ -33,6 +33,7 @@ from cosal_cli.cli import app
 from cosal_cli.runners import local
 
 from .conftest import FAKE_MODULE, REPO, BrightnessMethod
+from .test_io import png_chunk
 
 BAD_INPUTS = Path(__file__).parent / "data" / "bad_inputs"
 FUZZ_REGRESSIONS = Path(__file__).parent / "fuzz_regressions"
@@ -384,13 +385,9 @@ def test_a_folder_given_twice_is_processed_once(fake_method, tmp_path):
 def test_16_bit_rgb_png_gets_a_note_like_16_bit_grayscale(tmp_path):
     rows = np.full((4, 5, 3), (65535, 1000, 257), dtype=">u2")
     raw = b"".join(b"\x00" + row.tobytes() for row in rows)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     path = tmp_path / "deep-rgb.png"
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 5, 4, 16, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))  # fmt: skip
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 5, 4, 16, 2, 0, 0, 0))
+                     + png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b""))  # fmt: skip
     decoded = io.load_rgb(path)
     assert any("16-bit RGB reduced to 8 bits" in note for note in decoded.notes)
     assert np.asarray(decoded.rgb)[0, 0].tolist() == [255, 3, 1]
@@ -410,11 +407,8 @@ def test_nan_and_infinite_float_pixels_become_black_with_a_note(tmp_path):
 
 
 def png_with_size(width: int, height: int, pixels: bytes) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))  # fmt: skip
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + png_chunk(b"IDAT", pixels) + png_chunk(b"IEND", b""))  # fmt: skip
 
 
 def test_a_zlib_bomb_png_is_refused_before_decoding(tmp_path):

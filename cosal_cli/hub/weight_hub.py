@@ -45,6 +45,13 @@ class WeightHub:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
+    def expected_sha256(self, component: Component) -> str | None:
+        """The sha256 a component is verified against: the manifest's pin, or its import record's."""
+        if not component.imported:
+            return component.sha256
+        record = self.import_record(component)
+        return record.sha256 if record else None
+
     def fix_hint(self, component: Component) -> str:
         """What makes a missing component available."""
         return component.source.fix_hint(component)
@@ -107,14 +114,14 @@ class WeightHub:
             "licence": component.licence,
             "source": component.source.describe(),
             "size": component.size,
-            "sha256": component.sha256,
+            "sha256": self.expected_sha256(component),
             "methods": self.manifest.users(component.id),
             "cached": self.is_cached(component),
             "path": str(self.artifact_path(component)),
         }
         if component.imported:  # size and sha256 are the import record's (None until imported)
             record = self.import_record(component)
-            row.update(size=record and record.size, sha256=record and record.sha256)
+            row["size"] = record and record.size
             row["import_command"] = component.source.command()
         return row
 

@@ -1,7 +1,7 @@
 """Finding image groups on disk, decoding images safely, and writing maps atomically.
 
 Nothing here raises for a bad image: problems come back as :class:`Problem` values naming the file,
-so the pipeline can report them and carry on with the rest of the batch.
+so the runner can report them and carry on with the rest of the batch.
 
 The package splits that by job: :mod:`.files` (content sniffing and path checks that never raise),
 :mod:`.discovery` (groups from command-line paths), :mod:`.decoding` (images to RGB or grey arrays)

@@ -1,7 +1,7 @@
 """Finding image groups on disk.
 
 Nothing here raises for anything on disk: problems come back as :class:`Problem` values naming the
-file, so the pipeline can report them and carry on with the rest of the batch.
+file, so the runner can report them and carry on with the rest of the batch.
 """
 
 from __future__ import annotations
@@ -228,7 +228,6 @@ def _mixed_folder_message(images: int, group_folders: list[Path]) -> str:
 
 
 def _read_folder_of_groups(folder: Path, subfolders: list[Path], found: Discovery) -> list[Group]:
-    subfolders = [p for p in subfolders if not p.name.startswith(".")]
     image_root = next((p for p in subfolders if p.name.lower() in DATASET_IMAGE_DIRS), None)
     if image_root is not None:
         found.notices.append(f"{folder}: dataset layout, reading the groups in {image_root}")

@@ -131,6 +131,11 @@ def method_class(name: str) -> type[Method]:
     return module.Method
 
 
+def refiners_for(name: str, extra: Iterable[str] = ()) -> list[str]:
+    """The refiners applied after method ``name``: its card's, then ``extra`` (``--refine``), in order."""
+    return [*card(name).refiners, *extra]
+
+
 def takers(flag: str) -> list[str]:
     """The methods whose options include ``flag`` (for help texts and errors)."""
     flag = _flag_of(_canonical(flag.removeprefix("--").replace("-", "_")))

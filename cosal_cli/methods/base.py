@@ -40,7 +40,7 @@ class Method(ABC):
     #: How maps are brought back to the image size: "bilinear" or "bicubic" (clamped to [0, 1], rounded to
     #: 8 bits), or "bilinear-official" (align_corners=True and truncation, as GICD's own test script saves).
     output_interpolation: ClassVar[str] = "bilinear"
-    #: False for methods that need autograd at inference (GICD); the pipeline then leaves grad mode on.
+    #: False for methods that need autograd at inference (GICD); the inference path then leaves grad mode on.
     inference_mode: ClassVar[bool] = True
     #: The options it takes; the same class as its card's ``options`` (a test keeps them in step).
     options_class: ClassVar[type[MethodOptions]] = MethodOptions

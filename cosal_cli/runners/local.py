@@ -50,7 +50,7 @@ def run(
     if existing not in EXISTING_POLICIES:
         raise UsageError(f"existing-output policy must be one of {EXISTING_POLICIES}")
     started = time.perf_counter()
-    refiner_names = [*methods.card(method_name).refiners, *refine]  # an unknown name fails before any file
+    refiner_names = methods.refiners_for(method_name, refine)  # an unknown name fails before any file
     refiners = [load_refiner(name) for name in refiner_names]
     device = resolve_device(device_spec)
     check_output_location(discovery, output_dir)

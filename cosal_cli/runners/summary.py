@@ -15,7 +15,7 @@ from cosal_cli.io import Problem
 
 
 class Reporter(Protocol):
-    """How the pipeline tells the command line what is going on (printing is the CLI's job)."""
+    """How a runner tells the command line what is going on (printing is the CLI's job)."""
 
     def notice(self, message: str) -> None: ...
     def problem(self, problem: Problem) -> None: ...
