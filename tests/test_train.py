@@ -414,6 +414,20 @@ def test_soft_iou_is_averaged_per_image():
     assert losses.soft_iou(-(target * 2 - 1) * 50, target).item() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_soft_iou_of_an_empty_target_is_the_mean_map_so_an_outsider_is_taught_to_go_dark():
+    empty = torch.zeros(1, 1, 2, 2)
+    probabilities = torch.tensor([0.9, 0.5, 0.2, 0.2]).view(1, 1, 2, 2)
+    logits = torch.logit(probabilities).requires_grad_(True)
+    loss = losses.soft_iou(logits, empty)
+    assert loss.item() == pytest.approx(0.45, abs=1e-6)
+    loss.backward()
+    assert (logits.grad > 0).all()  # every bright pixel is pushed down (1 - 0/sum(S) would give no gradient)
+    # mixed batches: each image keeps its own term
+    batch_logits = torch.cat([torch.logit(probabilities), (torch.ones(1, 1, 2, 2) * 2 - 1) * 50])
+    batch_targets = torch.cat([empty, torch.ones(1, 1, 2, 2)])
+    assert losses.soft_iou(batch_logits, batch_targets).item() == pytest.approx(0.45 / 2, abs=1e-5)
+
+
 def test_bce_is_the_mean_binary_cross_entropy_of_the_logits():
     terms = [-(g * math.log(p) + (1 - g) * math.log(1 - p)) for ps, gs in zip(PROBS, TARGETS) for p, g in zip(ps, gs)]
     assert losses.bce(*loss_inputs()).item() == pytest.approx(sum(terms) / 8, abs=1e-6)

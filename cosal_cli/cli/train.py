@@ -59,6 +59,18 @@ def train(
         float, typer.Option(min=0.0, max=1.0, help="Fraction of a sub-group's images (never its first) replaced by "
                             "an image of another group with an all-zero target (co-saliency methods only).")
     ] = 0.0,
+    collaborative_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Fraction of batches also trained with another group's consensus "
+                            "and all-zero targets (GCoNet's collaborative learning; needs --cache-views).")
+    ] = 0.0,
+    cache_views: Annotated[
+        int, typer.Option(min=0, help="Train from N cached augmented views per image: the frozen encoder runs once "
+                          "per view instead of once per step (0: no cache).")
+    ] = 0,
+    cache_dir: Annotated[
+        Optional[Path], typer.Option(help="Folder of the feature cache (default: OUTPUT with .cache instead of "
+                                     ".safetensors); a matching cache is reused.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the head's initialisation and of every batch.")] = 0,
     sism: Annotated[
         Optional[str],
@@ -92,7 +104,7 @@ def train(
     try:
         sampler = SamplerSettings(size=size, min_group=min_group, max_group=max_group,
                                   composite_fraction=composite_fraction, outsider_fraction=outsider_fraction,
-                                  seed=seed)  # fmt: skip
+                                  collaborative_fraction=collaborative_fraction, seed=seed)  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if threads is not None:
@@ -103,6 +115,7 @@ def train(
         method=method, data=list(data), split=load_split(split), output=output, epochs=epochs, lr=lr,
         sampler=sampler, val_limit=val_limit, per_group=per_group, checkpoint_every=checkpoint_every, device=device,
         resume=resume, offline=hub.offline_mode(offline), config={"sism": sism} if sism is not None else {},
+        cache_views=cache_views, cache_dir=cache_dir,
     )  # fmt: skip
     with progress_bar(quiet, None, TRAIN_COLUMNS) as progress:
         metadata = run_training(settings, _TrainConsoleReporter(progress, quiet))

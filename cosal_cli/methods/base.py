@@ -85,6 +85,8 @@ class TrainableMethod(Method):
     fixed_input: ClassVar[bool] = False
     #: False for single-image methods (sod): a map never depends on the other images of the group.
     group_context: ClassVar[bool] = True
+    #: Whether its network has ``encode_for_cache`` / ``forward_from_cache`` (``cosal train --cache-views``).
+    trains_from_cache: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -23,6 +23,7 @@ class Method(base.TrainableMethod):
     input_size = 224  # the paper's size; the GIM then works on a 14x14 grid, as official GICD does
     loss = "soft-iou"
     inference_mode = False  # the GIM takes a gradient
+    trains_from_cache = True
 
     @classmethod
     def build_network(cls, backbone: Path, config: Mapping | None = None) -> GicdLite:

@@ -1,6 +1,8 @@
 """Training losses of the co-saliency papers, each averaged over the images of a batch.
 
-* soft IoU (GICD eq. 3, ICNet): 1 - sum(S G) / sum(S + G - S G) per image;
+* soft IoU (GICD eq. 3, ICNet): 1 - sum(S G) / sum(S + G - S G) per image; for an image whose
+  target is empty (an outsider: the group's object is absent) it is the mean of S instead, because
+  1 - 0 / sum(S) is 1 whatever S is, and so would teach nothing about absence;
 * BCE (GS): binary cross-entropy on the logits;
 * L2 (GWD, CSMG): mean squared error of the sigmoid map.
 
@@ -22,7 +24,9 @@ def soft_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     target = target.flatten(1)
     intersection = (prediction * target).sum(1)
     union = (prediction + target - prediction * target).sum(1)
-    return (1.0 - intersection / (union + EPSILON)).mean()
+    per_image = 1.0 - intersection / (union + EPSILON)
+    empty = target.amax(1) <= 0
+    return torch.where(empty, prediction.mean(1), per_image).mean()
 
 
 def bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,8 @@ extraneous foreground; its target is its own mask minus whatever the paste cover
 Outsiders: with probability ``outsider_fraction`` an image of a sub-group (never the first, so the
 group's object is always there) is replaced by an image of *another* group with an all-zero target:
 the group's common object is absent, so a co-saliency map must be black there however salient the
-image's own object is (GCoNet's group collaborative learning teaches the same with whole groups).
+image's own object is (GCoNet's group collaborative learning teaches the same with whole groups:
+``collaborative_fraction``, which :mod:`cosal_cli.training.cache` implements).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from cosal_cli.io import load_grey, load_rgb
 
@@ -53,6 +55,7 @@ class SamplerSettings:
     max_group: int = 6
     composite_fraction: float = 0.0
     outsider_fraction: float = 0.0
+    collaborative_fraction: float = 0.0  # batches also trained with another group's consensus (cached training)
     crop_area: tuple[float, float] = (0.6, 1.0)  # fraction of the image a crop keeps
     crop_aspect: tuple[float, float] = (3 / 4, 4 / 3)
     flip: bool = True
@@ -62,25 +65,36 @@ class SamplerSettings:
     def __post_init__(self) -> None:
         if not 1 <= self.min_group <= self.max_group:
             raise ValueError(f"sub-group sizes must satisfy 1 <= min ({self.min_group}) <= max ({self.max_group})")
-        for name in ("composite_fraction", "outsider_fraction"):
+        for name in ("composite_fraction", "outsider_fraction", "collaborative_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name.replace('_', ' ')} {getattr(self, name)} is not between 0 and 1")
 
 
 class ImageStore:
-    """Decoded images and masks, kept in memory after the first use (the data sets are small)."""
+    """Decoded images and masks, kept in memory after the first use (the data sets are small).
 
-    def __init__(self) -> None:
+    With ``short_side``, larger images are first shrunk (antialiased) so that their shorter side is
+    that long: a training crop keeps at least 60 % of the area and is resized to ``size`` anyway, so
+    twice ``size`` loses nothing visible, and a 1080p video frame no longer costs a full-resolution
+    crop and resize at every view.
+    """
+
+    def __init__(self, short_side: int | None = None) -> None:
+        self.short_side = short_side
         self._cache: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
 
     def get(self, item: TrainImage) -> tuple[np.ndarray, np.ndarray]:
         """(H, W, 3) uint8 RGB and (H, W) float32 mask in [0, 1], the mask at the image's size."""
         if item.image not in self._cache:
-            rgb = np.array(load_rgb(item.image).rgb)  # a writable copy (torch.from_numpy wants one)
-            mask = load_grey(item.mask).astype(np.float32) / 255.0
-            if mask.shape != rgb.shape[:2]:
-                raise ValueError(f"{item.mask}: mask is {mask.shape[::-1]} but {item.image} is {rgb.shape[1::-1]}")
-            self._cache[item.image] = (rgb, mask)
+            picture = load_rgb(item.image).rgb
+            mask = Image.fromarray(load_grey(item.mask).astype(np.float32) / 255.0)
+            if mask.size != picture.size:
+                raise ValueError(f"{item.mask}: mask is {mask.size} but {item.image} is {picture.size}")
+            if self.short_side and min(picture.size) > self.short_side:
+                scale = self.short_side / min(picture.size)
+                shrunk = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+                picture, mask = picture.resize(shrunk, Image.BILINEAR), mask.resize(shrunk, Image.BILINEAR)
+            self._cache[item.image] = (np.array(picture), np.array(mask))  # writable copies for torch
         return self._cache[item.image]
 
 
@@ -156,15 +170,27 @@ def make_batch(
             rgb, _ = store.get(outsiders[int(rng.integers(len(outsiders)))])
             image, target = augment(rgb, np.zeros(rgb.shape[:2], np.float32), settings, rng)
         else:
-            rgb, mask = store.get(item)
-            image, target = augment(rgb, mask, settings, rng)
-            if settings.composite_fraction > 0 and rng.random() < settings.composite_fraction and others_of(item):
-                others = others_of(item)
-                donor_rgb, donor_mask = store.get(others[int(rng.integers(len(others)))])
-                image, target, _ = paste_object(image, target, donor_rgb, donor_mask, settings, rng)
+            image, target = render_view(item, store, settings, rng, others_of(item))
         images.append(image)
         targets.append(target)
     return torch.stack(images), torch.stack(targets)
+
+
+def render_view(
+    item: TrainImage,
+    store: ImageStore,
+    settings: SamplerSettings,
+    rng: np.random.Generator,
+    others: Sequence[TrainImage],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One augmented view of ``item`` and its target; a composite (a pasted object of one of ``others``)
+    with probability ``composite_fraction``."""
+    rgb, mask = store.get(item)
+    image, target = augment(rgb, mask, settings, rng)
+    if settings.composite_fraction > 0 and rng.random() < settings.composite_fraction and others:
+        donor_rgb, donor_mask = store.get(others[int(rng.integers(len(others)))])
+        image, target, _ = paste_object(image, target, donor_rgb, donor_mask, settings, rng)
+    return image, target
 
 
 def augment(

@@ -35,15 +35,9 @@ from cosal_cli.io import Group, ImageFile, load_grey
 from cosal_cli.methods.base import TrainableMethod
 from cosal_cli.models.heads import load_tensors, save_head, save_tensors
 from cosal_cli.splits import Split
-from cosal_cli.training.losses import LOSSES, deep_supervision
-from cosal_cli.training.sampler import (
-    ImageStore,
-    SamplerSettings,
-    TrainImage,
-    by_group,
-    epoch_batches,
-    make_batch,
-)
+from cosal_cli.training import cache
+from cosal_cli.training.losses import LOSSES
+from cosal_cli.training.sampler import SamplerSettings, TrainImage, by_group, epoch_batches
 
 CHECKPOINT_FORMAT = "cosal-train-checkpoint/1"
 #: Held-out metrics reported after each epoch; the first one picks the head that is kept.
@@ -66,10 +60,16 @@ class TrainSettings:
     resume: bool = False
     offline: bool = False
     config: dict[str, Any] = field(default_factory=dict)  # the head's hyper-parameters (icnet: {"sism": ...})
+    cache_views: int = 0  # > 0: train from that many cached views per image (training/cache.py)
+    cache_dir: Path | None = None  # where the feature cache lives (default: next to the output)
 
     @property
     def checkpoint(self) -> Path:
         return self.output.with_name(self.output.name.removesuffix(".safetensors") + ".checkpoint.safetensors")
+
+    @property
+    def cache_folder(self) -> Path:
+        return self.cache_dir or self.output.with_name(self.output.name.removesuffix(".safetensors") + ".cache")
 
     def fingerprint(self) -> dict[str, Any]:
         """What must not change between a run and its resumption."""
@@ -83,6 +83,7 @@ class TrainSettings:
             "val_limit": self.val_limit,
             "per_group": self.per_group,
             "config": self.config,
+            "cache_views": self.cache_views,
         }
 
 
@@ -182,31 +183,27 @@ def train(settings: TrainSettings, reporter: TrainReporter) -> dict[str, Any]:
     state = _start_state(settings, network, optimiser, reporter)
 
     groups = by_group(data.train)
-    store = ImageStore()
     validator = _Validator(method_class, data.held_out, device)
     schedule = [epoch_batches(groups, settings.sampler, epoch) for epoch in range(settings.epochs)]
     total_steps = sum(len(batches) for batches in schedule)
     started = time.perf_counter() - state.seconds
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    source = _batch_source(settings, network, data.train, backbone, device, autocast, reporter)
     try:
         while state.epoch < settings.epochs:
             batches = schedule[state.epoch]
             reporter.epoch_start(state.epoch + 1, settings.epochs, len(batches), state.batch)
             network.train()
             while state.batch < len(batches):
-                images, targets = make_batch(
-                    batches[state.batch], store, settings.sampler, state.epoch, state.batch, data.train
-                )
+                batch = batches[state.batch]
                 _set_lr(optimiser, settings.lr, state.step, total_steps)
-                loss_value = _step(
-                    network, optimiser, method_class.loss, images.to(device), targets.to(device), autocast
-                )
+                loss_value = _step(optimiser, source.loss(network, batch, state.epoch, state.batch, method_class.loss))
                 state.step += 1
                 state.batch += 1
-                state.images += len(images)
+                state.images += len(batch)
                 state.epoch_loss += loss_value
                 state.seconds = time.perf_counter() - started
-                reporter.step(len(images), loss_value)
+                reporter.step(len(batch), loss_value)
                 if state.batch % settings.checkpoint_every == 0:
                     _save_checkpoint(settings, network, optimiser, state)
             _finish_epoch(settings, network, validator, state, len(batches), backbone, data, reporter, device)
@@ -267,6 +264,13 @@ def _check_settings(method_class: type[TrainableMethod], settings: TrainSettings
             f"--outsider-fraction: {settings.method} sees one image at a time, so it cannot learn that an image "
             "is outside its group; use it with co-saliency methods"
         )
+    if settings.cache_views and not method_class.trains_from_cache:
+        raise UsageError(f"--cache-views: {settings.method} cannot train from cached encoder outputs yet; drop it")
+    if settings.sampler.collaborative_fraction > 0 and not (settings.cache_views and method_class.group_context):
+        raise UsageError(
+            "--collaborative-fraction: collaborative batches need a co-saliency method trained from the feature "
+            "cache (add --cache-views N)"
+        )
     if method_class.fixed_input and settings.sampler.size != method_class.input_size:
         raise UsageError(
             f"--size {settings.sampler.size}: {settings.method}'s layers fix the input at "
@@ -274,11 +278,19 @@ def _check_settings(method_class: type[TrainableMethod], settings: TrainSettings
         )
 
 
-def _step(network, optimiser, loss_name: str, images: torch.Tensor, targets: torch.Tensor, autocast) -> float:
-    """One optimiser step on one sub-group; returns its loss."""
-    with autocast:
-        outputs = network(images)
-    loss = deep_supervision(loss_name, outputs, targets)
+def _batch_source(settings: TrainSettings, network, train_images, backbone, device, autocast, reporter):
+    """Where the batches' losses come from: images augmented on the fly, or the feature cache."""
+    if not settings.cache_views:
+        return cache.ImageBatches(settings.sampler, train_images, device, autocast)
+    identity = cache.fingerprint(train_images, settings.cache_views, settings.sampler, settings.method, backbone.sha256)
+    features = cache.open_or_build(
+        settings.cache_folder, network, train_images, settings.cache_views, settings.sampler, identity, reporter.notice
+    )
+    return cache.CachedBatches(features, settings.sampler, device, autocast)
+
+
+def _step(optimiser: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One optimiser step on one sub-group's loss; returns it."""
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
     optimiser.step()
