@@ -50,7 +50,10 @@ def cat_group() -> tuple[torch.Tensor, list[np.ndarray]]:
 def test_the_head_is_a_small_bundled_component_trained_on_the_shipped_split(real_hub, gicd_weights):
     assert real_hub.manifest.roles("gicd")["backbone"] == "efficientnet-lite0-imagenet"
     metadata = check_shipped_head(real_hub, "gicd", gicd_weights["head"], max_bytes=2_000_000)
-    assert metadata["training"]["sampler"]["composite_fraction"] > 0  # jigsaw training
+    assert metadata["training"]["split"]["name"] == "shared-v2"  # with DUTS_class
+    sampler = metadata["training"]["sampler"]
+    assert sampler["composite_fraction"] > 0 and sampler["outsider_fraction"] > 0  # jigsaw training, outsiders
+    assert sampler["collaborative_fraction"] > 0
     assert metadata["validation"]["kept"]["sm"] > 0.8
 
 
