@@ -123,7 +123,7 @@ class FeatureCache:
     def read(self, rows: Sequence[int], device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The cached tensors of ``rows`` (in that order) and their targets (k, 1, S, S) in [0, 1]."""
         order = np.asarray(rows)
-        tensors = {name: torch.from_numpy(np.ascontiguousarray(array[order])).to(device)
+        tensors = {name: torch.from_numpy(array[order]).to(device)  # fancy indexing copies: contiguous
                    for name, array in self.arrays.items() if name != "targets"}  # fmt: skip
         targets = torch.from_numpy(self.arrays["targets"][order].astype(np.float32) / 255.0)[:, None]
         return tensors, targets.to(device)
