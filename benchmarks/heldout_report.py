@@ -12,6 +12,10 @@ Maps come from the Python API (the maps `cosal detect` writes), rounded to 8 bit
 scored with cosal's metrics (pysodmetrics protocol, averaged per image). The outsider ratio is the
 mean map value on outsider images divided by the mean on the in-group images of the same groups: a
 co-saliency method should drive it towards 0; a single-image method (``sod``) stays near 1.
+
+The metrics above normalise every map to its own min / max, so they cannot see a map that is right
+but dim. ``lost`` can: the share of images with an object (non-empty mask) whose map never reaches
+128, i.e. whose object disappears at the 0.5 threshold a user would binarise with.
 """
 
 from __future__ import annotations
@@ -53,14 +57,18 @@ def score(detector, groups: dict[str, list[tuple[Path, Path]]], outsiders: set[s
     """Metrics of one method on one set; with ``outsiders`` (``group/stem``), also the map ratio."""
     accumulator = metrics.MetricAccumulator("pysodmetrics")
     means: dict[bool, list[float]] = {True: [], False: []}
+    lost = []
     for group, pairs in sorted(groups.items()):
         maps = detector.predict([image for image, _ in pairs], name=group)
         for (image, mask), values in zip(pairs, maps):
-            prediction = np.rint(values * 255.0).astype(np.uint8)
-            accumulator.add(group, metrics.evaluate_pair(prediction, load_grey(mask)))
+            prediction, target = np.rint(values * 255.0).astype(np.uint8), load_grey(mask)
+            accumulator.add(group, metrics.evaluate_pair(prediction, target))
             means[f"{group}/{image.stem}" in outsiders].append(float(prediction.mean()))
+            if target.max() > 127:
+                lost.append(prediction.max() < 128)
     summary = accumulator.summary()
     result: dict = {key: round(float(summary[key]), 4) for key in COLUMNS}
+    result["lost"] = round(float(np.mean(lost)), 4)
     result["group_sm"] = {group: round(float(values["sm"]), 4) for group, values in accumulator.per_group().items()}
     if outsiders:
         result["outsider_ratio"] = round(float(np.mean(means[True]) / max(np.mean(means[False]), 1e-9)), 3)
@@ -103,11 +111,11 @@ def main() -> None:
 
 
 def print_table(report: dict) -> None:
-    print(f"| method | set | {' | '.join(COLUMNS)} | outsider ratio |")
-    print("|---|---|" + "---|" * (len(COLUMNS) + 1))
+    print(f"| method | set | {' | '.join(COLUMNS)} | lost | outsider ratio |")
+    print("|---|---|" + "---|" * (len(COLUMNS) + 2))
     for method, sets in report.items():
         for name, values in sets.items():
-            cells = " | ".join(f"{values[key]:.3f}" for key in COLUMNS)
+            cells = " | ".join(f"{values[key]:.3f}" for key in (*COLUMNS, "lost"))
             print(f"| {method} | {name} | {cells} | {values.get('outsider_ratio', '')} |")
 
 

@@ -246,3 +246,24 @@ def test_official_output_resizing_equals_gicds_save_step():
     assert ours.dtype == np.uint8 and ours.shape == (97, 131)
     np.testing.assert_array_equal(ours, expected)
     assert (to_image_size(low_res, (131, 97), "bilinear") != expected).any()  # the default differs, as documented
+
+
+def test_membership_never_dims_the_typical_image_and_dims_one_that_disagrees():
+    from cosal_cli.models.gicd_lite import Membership
+
+    membership = Membership(offset=3.0, temperature=0.5)
+    consensus = torch.zeros(1, 1000)
+    consensus[0, 281] = 1.0  # a group of tabby cats
+    confidence = torch.tensor([6.0, 5.0, 4.0, 5.5, -2.0])  # the last image's logit for the class is low
+    logits = torch.zeros(5, 1000)
+    logits[:, 281] = confidence
+    weights = membership.weights(logits, consensus)
+    assert torch.all(weights[:4] > 0.9) and torch.all(weights <= 1.0)
+    assert float(weights[[0, 3]].min()) == 1.0  # at or above the median image: untouched
+    assert float(weights[4]) < 0.01
+    # Half at `offset` nats below the median image; order of the images does not matter.
+    assert abs(float(membership.weights_of_relative(torch.tensor([-3.0]))[0]) - 0.5) < 0.01
+    order = torch.tensor([4, 2, 0, 3, 1])
+    torch.testing.assert_close(membership.weights(logits[order], consensus), weights[order])
+    # A group of one is its own median: never dimmed.
+    assert float(membership.weights(logits[4:], consensus)[0]) == 1.0

@@ -92,3 +92,33 @@ def test_detect_with_gicd_finds_the_cats(real_hub, gicd_weights, tmp_path, monke
     assert all(ratio > 5 for ratio, _ in scores.values()), scores
     aucs = [value for _, value in scores.values()]
     assert min(aucs) > 0.8 and float(np.mean(aucs)) > 0.9, scores
+
+
+def test_an_image_that_is_not_of_the_group_is_dimmed_and_keep_turns_it_off(gicd_weights):
+    from cosal_cli.methods.gicd import Method
+    from cosal_cli.methods.options import OutsiderOptions
+
+    images, _ = cat_group()
+    rows = torch.arange(224).float()[:, None] / 224
+    stripes = torch.stack([torch.sin(rows * 40).expand(224, 224), rows.expand(224, 224), 1 - rows.expand(224, 224)])
+    group = torch.cat([images, (stripes * 0.5 + 0.5)[None]])  # eight cats and a picture of no cat
+    with torch.inference_mode(False):
+        dimmed = Method(gicd_weights, torch.device("cpu"), batch_size=4).predict_group(group)
+        kept = Method(gicd_weights, torch.device("cpu"), batch_size=4,
+                      options=OutsiderOptions(outsiders="keep")).predict_group(group)  # fmt: skip
+    brightest_dimmed, brightest_kept = float(dimmed[-1].max()), float(kept[-1].max())
+    assert brightest_dimmed < 0.5 * brightest_kept, (brightest_dimmed, brightest_kept)
+    # The cats: the typical ones untouched, none dimmed to half.
+    ratios = dimmed[:-1].amax(dim=(1, 2)) / kept[:-1].amax(dim=(1, 2))
+    assert int((ratios == 1.0).sum()) >= 4 and float(ratios.min()) > 0.5, ratios
+
+
+def test_outsiders_is_an_option_of_the_methods_that_dim_them(gicd_weights):
+    from cosal_cli import methods
+    from cosal_cli.errors import UsageError
+
+    assert methods.takers("--outsiders") == ["gicd", "icnet"]
+    with pytest.raises(UsageError, match="--outsiders must be dim or keep"):
+        methods.options_for("gicd", {"outsiders": "off"})
+    with pytest.raises(UsageError, match="does not apply to method 'sod'"):
+        methods.options_for("sod", {"outsiders": "keep"})

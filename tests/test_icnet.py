@@ -291,7 +291,7 @@ def test_icnet_official_through_the_cli_with_a_sism_folder(official_weights, tmp
 
 @pytest.fixture
 def icnet_home(linked_home):
-    return linked_home("vgg16-imagenet")
+    return linked_home("vgg16-imagenet", "efficientnet-lite0-imagenet")  # Lite0: the classifier that dims outsiders
 
 
 def test_the_shipped_head_is_trained_with_sod_sisms(real_hub):
@@ -342,12 +342,14 @@ def test_sod_maps_given_as_a_folder_match_sod_as_the_generator(icnet_home, tmp_p
 @pytest.mark.weights
 def test_chunk_runs_sub_groups_and_changes_the_maps(icnet_home):
     from cosal_cli.methods.loader import load_method
-    from cosal_cli.methods.options import SismOptions
+    from cosal_cli.methods.options import SismOutsiderOptions
 
     images = _example_group(6)
-    whole = load_method("icnet", torch.device("cpu"), batch_size=4)  # 6 images > 4: encoded twice, in chunks
-    one_pass = load_method("icnet", torch.device("cpu"), batch_size=8)
-    chunked = load_method("icnet", torch.device("cpu"), batch_size=4, options=SismOptions(subgroup=3))
+    keep = SismOutsiderOptions(outsiders="keep")  # dimming uses the whole group: tested on its own below
+    whole = load_method("icnet", torch.device("cpu"), batch_size=4, options=keep)  # 6 > 4: encoded in two chunks
+    one_pass = load_method("icnet", torch.device("cpu"), batch_size=8, options=keep)
+    chunked = load_method("icnet", torch.device("cpu"), batch_size=4,
+                          options=SismOutsiderOptions(subgroup=3, outsiders="keep"))  # fmt: skip
     with torch.inference_mode():
         full = whole.predict_group(images)
         parts = chunked.predict_group(images)
@@ -356,6 +358,27 @@ def test_chunk_runs_sub_groups_and_changes_the_maps(icnet_home):
         torch.testing.assert_close(full, one_pass.predict_group(images), atol=1e-4, rtol=0)
     torch.testing.assert_close(parts, separately)
     assert (parts - full).abs().max() > 0.01  # the consensus of 3 images is not that of 6
+
+
+@pytest.mark.weights
+def test_an_image_that_is_not_of_the_group_is_dimmed_over_the_whole_group(icnet_home):
+    from cosal_cli.methods.loader import load_method
+    from cosal_cli.methods.options import SismOutsiderOptions
+
+    rows = torch.arange(224).float()[:, None] / 224
+    stripes = torch.stack([torch.sin(rows * 40).expand(224, 224), rows.expand(224, 224), 1 - rows.expand(224, 224)])
+    group = torch.cat([_example_group(6), (stripes * 0.5 + 0.5)[None]])  # six cats and a picture of no cat
+    with torch.inference_mode():
+        dimmed = load_method("icnet", torch.device("cpu"), batch_size=4).predict_group(group)
+        kept = load_method("icnet", torch.device("cpu"), batch_size=4,
+                           options=SismOutsiderOptions(outsiders="keep")).predict_group(group)  # fmt: skip
+        in_subgroups = load_method("icnet", torch.device("cpu"), batch_size=4,
+                                   options=SismOutsiderOptions(subgroup=4)).predict_group(group)  # fmt: skip
+    assert float(dimmed[-1].max()) < 0.5 * float(kept[-1].max()), (float(dimmed[-1].max()), float(kept[-1].max()))
+    ratios = dimmed[:-1].amax(dim=(1, 2)) / kept[:-1].amax(dim=(1, 2))
+    assert int((ratios == 1.0).sum()) >= 3 and float(ratios.min()) > 0.5, ratios
+    # With --subgroup 4 the picture sits in a sub-group with 2 cats, but is still weighed against the whole group.
+    assert float(in_subgroups[-1].max()) < 0.5 * float(kept[-1].max())
 
 
 def test_training_icnet_end_to_end_records_the_sism_generator(toy, real_weights, tmp_path):  # noqa: F811

@@ -23,6 +23,7 @@ from cosal_cli.cli.console import (
 from cosal_cli.cli.options import (
     ChunkOption,
     DebugOption,
+    OutsidersOption,
     RefineOption,
     SismDirOption,
     SismOption,
@@ -79,6 +80,7 @@ def bench(
     sism: SismOption = None,
     sism_dir: SismDirOption = None,
     subgroup: SubgroupOption = None,
+    outsiders: OutsidersOption = None,
     chunk: ChunkOption = None,
     refine: RefineOption = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network for weights.")] = False,
@@ -102,7 +104,7 @@ def bench(
     for name in method_names:
         methods.card(name)  # unknown names fail before any file is read
     notices: list[str] = []
-    options = methods.split_options(method_names, method_values(sism, sism_dir, subgroup, chunk, notices))
+    options = methods.split_options(method_names, method_values(sism, sism_dir, subgroup, chunk, notices, outsiders))
     for message in notices:
         stderr.print(f"[yellow]warning:[/] {escape(message)}")
     for folder in pred or []:

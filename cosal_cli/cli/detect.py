@@ -20,6 +20,7 @@ from cosal_cli.cli.options import (
     ChunkOption,
     DebugOption,
     LayoutOption,
+    OutsidersOption,
     RefineOption,
     SismDirOption,
     SismOption,
@@ -56,6 +57,7 @@ def detect(
     sism: SismOption = None,
     sism_dir: SismDirOption = None,
     subgroup: SubgroupOption = None,
+    outsiders: OutsidersOption = None,
     chunk: ChunkOption = None,
     refine: RefineOption = None,
     layout: LayoutOption = "auto",
@@ -72,7 +74,7 @@ def detect(
         raise UsageError("--skip-existing and --overwrite exclude each other")
     method_name = method or methods.DEFAULT_METHOD
     notices: list[str] = []
-    options = methods.options_for(method_name, method_values(sism, sism_dir, subgroup, chunk, notices))
+    options = methods.options_for(method_name, method_values(sism, sism_dir, subgroup, chunk, notices, outsiders))
     for message in notices:
         stderr.print(f"[yellow]warning:[/] {escape(message)}")
     discovery = io.discover(io.read_paths(paths), layout)

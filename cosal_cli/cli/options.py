@@ -10,18 +10,22 @@ import typer
 
 from cosal_cli import methods
 from cosal_cli.errors import UsageError
-from cosal_cli.methods.options import SismOptions
+from cosal_cli.methods.options import OutsiderOptions, SismOptions
 from cosal_cli.refine import REFINERS
 
 
 def _method_help(name: str) -> str:
-    flag = SismOptions.declared()[name]
-    return f"{SismOptions.help_of(name)}. Methods: {', '.join(methods.takers(flag))}."
+    declaring = next(options for options in (SismOptions, OutsiderOptions) if name in options.declared())
+    flag = declaring.declared()[name]
+    return f"{declaring.help_of(name)}. Methods: {', '.join(methods.takers(flag))}."
 
 
 SismOption = Annotated[Optional[str], typer.Option("--sism", help=_method_help("sism"))]
 SismDirOption = Annotated[Optional[Path], typer.Option("--sism-dir", help=_method_help("sism_dir"))]
 SubgroupOption = Annotated[Optional[int], typer.Option("--subgroup", min=1, help=_method_help("subgroup"))]
+OutsidersOption = Annotated[
+    Optional[str], typer.Option("--outsiders", metavar="dim|keep", help=_method_help("outsiders"))
+]
 ChunkOption = Annotated[
     Optional[int], typer.Option("--chunk", min=1, hidden=True, help="Deprecated name of --subgroup (one release).")
 ]
@@ -42,10 +46,10 @@ DebugOption = Annotated[
 
 
 def method_values(sism: str | None, sism_dir: Path | None, subgroup: int | None, chunk: int | None,
-                  notices: list[str]) -> dict[str, Any]:  # fmt: skip
+                  notices: list[str], outsiders: str | None = None) -> dict[str, Any]:  # fmt: skip
     """The method options given on the command line, by option name (``chunk``: the old ``subgroup``)."""
     if chunk is not None:
         if subgroup is not None:
             raise UsageError("--chunk is the old name of --subgroup: give only --subgroup")
         notices.append("--chunk is deprecated and will be removed in the next release: use --subgroup")
-    return {"sism": sism, "sism_dir": sism_dir, "subgroup": subgroup, "chunk": chunk}
+    return {"sism": sism, "sism_dir": sism_dir, "subgroup": subgroup, "chunk": chunk, "outsiders": outsiders}

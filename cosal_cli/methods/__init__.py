@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cosal_cli.errors import UsageError
-from cosal_cli.methods.options import MethodOptions, SismOptions
+from cosal_cli.methods.options import MethodOptions, OutsiderOptions, SismOptions, SismOutsiderOptions
 
 if TYPE_CHECKING:
     from cosal_cli.methods.base import Method
@@ -55,8 +55,10 @@ CARDS: dict[str, MethodCard] = {
             name="gicd",
             paper="Zhang, Jin, Xu, Cheng. Gradient-Induced Co-Saliency Detection. ECCV 2020; cosal's weights: "
             "EfficientNet-Lite0 co-classifier and encoder, ARM decoder trained with `cosal train` (jigsaw composites)",
-            summary="consensus of the group's ImageNet logits; its gradient picks the channels of the common object",
+            summary="consensus of the group's ImageNet logits; its gradient picks the channels of the common object; "
+            "images whose classes disagree with it dimmed (--outsiders)",
             module="cosal_cli.methods.gicd",
+            options=OutsiderOptions,
         ),
         MethodCard(
             name="icnet",
@@ -64,10 +66,11 @@ CARDS: dict[str, MethodCard] = {
             "NeurIPS 2020; cosal's weights: ICNet's head trained with `cosal train` on the frozen VGG-16 "
             "with sod SISMs",
             summary="single-image saliency vectors correlated across the group; pixels re-ranked by co-saliency "
-            "attention; --sism sod|gmr or --sism-dir DIR",
+            "attention; --sism sod|gmr or --sism-dir DIR; images whose classes disagree with the group dimmed "
+            "(--outsiders)",
             module="cosal_cli.methods.icnet",
             sism="sod",
-            options=SismOptions,
+            options=SismOutsiderOptions,
         ),
         MethodCard(
             name="icnet-official",

@@ -14,20 +14,28 @@ import torch
 
 from cosal_cli.methods import base
 from cosal_cli.methods.base import GroupImages
+from cosal_cli.methods.options import OutsiderOptions
 from cosal_cli.models.efficientnet_lite import EfficientNetLite0
 from cosal_cli.models.gicd_lite import GicdLite
+from cosal_cli.models.membership import Membership
+
+#: Tuned on groups of shared-v2 *training* images (benchmarks/tune_membership.py, README "Outsiders"): the
+#: smallest offset with which at most 1 % of their objects (groups without outsiders) fall below 0.5.
+MEMBERSHIP = Membership(offset=4.0, temperature=0.5)
 
 
 class Method(base.TrainableMethod):
     name = "gicd"
-    input_size = 224  # the paper's size; the GIM then works on a 14x14 grid, as official GICD does
+    input_size = 224  # the paper's size; the GIM then works on Lite0's last 7 x 7 grid (official GICD: 14 x 14)
     loss = "soft-iou"
     inference_mode = False  # the GIM takes a gradient
     trains_from_cache = True
+    options_class = OutsiderOptions
 
     @classmethod
     def build_network(cls, backbone: Path, config: Mapping | None = None) -> GicdLite:
         return GicdLite(EfficientNetLite0.from_file(backbone), config)
 
     def predict_group(self, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
-        return self.network.predict_group(images, chunk=self.batch_size)
+        membership = MEMBERSHIP if self.options.dim_outsiders else None
+        return self.network.predict_group(images, chunk=self.batch_size, membership=membership)

@@ -6,6 +6,11 @@ generator named in the head's config, and shipped inside the package. The offici
 is to use the same SISM generator at training and test time, so that generator is the default;
 ``--sism`` / ``--sism-dir`` choose another one (with a notice). For the authors' weights see
 ``icnet-official``.
+
+cosal's addition: ICNet has no ImageNet classifier, so it cannot tell an image that does not show the
+group's object; the frozen EfficientNet-Lite0 classifier (``gicd``'s) gives each image's agreement
+with the group's consensus and dims the maps of those that disagree (:mod:`cosal_cli.models.membership`,
+``--outsiders keep`` turns it off).
 """
 
 from __future__ import annotations
@@ -18,15 +23,25 @@ import torch
 from cosal_cli import sism
 from cosal_cli.methods import base
 from cosal_cli.methods.base import GroupImages
+from cosal_cli.methods.options import SismOutsiderOptions
 from cosal_cli.models import icnet
+from cosal_cli.models.efficientnet_lite import EfficientNetLite0, lite_normalise
 from cosal_cli.models.icnet import IcnetNetwork
+from cosal_cli.models.membership import Membership, group_weights
 from cosal_cli.models.vgg import VGG16Features
+
+#: Tuned as gicd's (benchmarks/tune_membership.py -m icnet, on groups of shared-v2 training images): the
+#: smallest offset with which at most 1 % of their objects (groups without outsiders) fall below 0.5.
+MEMBERSHIP = Membership(offset=4.0, temperature=0.5)
 
 
 class Method(base.TrainableMethod):
     name = "icnet"
     input_size = 224  # fixed by the Co modules' weight shapes
-    options_class = base.SismOptions
+    options_class = SismOutsiderOptions
+    roles = ("backbone", "head", "classifier")
+    #: The classifier that dims outsiders; None with --outsiders keep and in training's validation.
+    classifier: EfficientNetLite0 | None = None
     loss = "soft-iou"  # the paper's IoU loss on the four deep-supervised outputs
     fixed_input = True
 
@@ -35,9 +50,11 @@ class Method(base.TrainableMethod):
         weights: Mapping[str, Path],
         device: torch.device,
         batch_size: int = 8,
-        options: base.SismOptions | None = None,
+        options: SismOutsiderOptions | None = None,
     ):
         super().__init__(weights, device, batch_size, options)
+        if "classifier" in weights and self.options.dim_outsiders:
+            self.classifier = EfficientNetLite0.from_file(weights["classifier"]).to(device).eval()
         trained_with = self.network.config["sism"]
         choice = self.options.sism_choice
         self.sisms = sism.open_source(choice, trained_with, device, batch_size, self.options.offline)
@@ -68,4 +85,9 @@ class Method(base.TrainableMethod):
         def run(part: torch.Tensor, sisms: torch.Tensor) -> torch.Tensor:
             return icnet.predict_group(self.network.head, self.network.encode, part, sisms, self.batch_size)
 
-        return sism.predict_in_subgroups(images, sources, self.options.subgroup, self.sisms, run)
+        maps = sism.predict_in_subgroups(images, sources, self.options.subgroup, self.sisms, run)
+        if self.classifier is None:
+            return maps
+        # The whole group's consensus, also with --subgroup: an outsider is one of the group, not of a sub-group.
+        classify = lambda part: self.classifier(lite_normalise(part))  # noqa: E731
+        return maps * group_weights(classify, images, self.batch_size, MEMBERSHIP)[:, None, None]

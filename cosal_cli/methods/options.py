@@ -78,3 +78,32 @@ class SismOptions(MethodOptions):
     @property
     def sism_choice(self) -> SismChoice:
         return SismChoice(self.sism, None if self.sism_dir is None else Path(self.sism_dir))
+
+
+OUTSIDER_HANDLING = ("dim", "keep")
+
+
+@dataclass(frozen=True)
+class OutsiderOptions(MethodOptions):
+    """Methods that dim images whose ImageNet classes disagree with the group's (:mod:`cosal_cli.models.membership`)."""
+
+    outsiders: str | None = option("--outsiders", "dim (default) or keep the maps of images whose ImageNet "
+                                   "classes disagree with the group's consensus; keep gives every image "
+                                   "its map as if it belonged")  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.outsiders is not None and self.outsiders not in OUTSIDER_HANDLING:
+            raise UsageError(f"--outsiders must be {' or '.join(OUTSIDER_HANDLING)}, not {self.outsiders!r}")
+
+    @property
+    def dim_outsiders(self) -> bool:
+        return self.outsiders != "keep"
+
+
+@dataclass(frozen=True)
+class SismOutsiderOptions(SismOptions, OutsiderOptions):
+    """ICNet with cosal's weights: its SISM options and outsider dimming."""
+
+    def __post_init__(self) -> None:
+        SismOptions.__post_init__(self)
+        OutsiderOptions.__post_init__(self)

@@ -28,6 +28,10 @@ loss is not constant (see ``training/losses.py``) and collaborative batches, the
 in-group map ratio went from 0.92 to 0.38-0.43 (README, runs B and D). A learned per-image gate (cues of class
 agreement with the consensus, one logit offset per image) was tried and measured to add nothing
 (0.379 with it, 0.386 with its output zeroed), so it is not part of the network.
+
+What the decoder cannot see, the classifier can: :class:`~cosal_cli.models.membership.Membership`
+dims the map of an image whose ImageNet classes disagree with the group's consensus
+(:meth:`GicdLite.predict_group`), with the consensus the GIM already computed.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from torch import nn
 from cosal_cli.models.efficientnet_lite import STAGES, EfficientNetLite0, lite_normalise
 from cosal_cli.models.gicd import consensus_gradient, gradient_cam, group_consensus
 from cosal_cli.models.heads import FrozenBackboneNetwork
+from cosal_cli.models.membership import Membership, consensus_of
 
 DEFAULT_CONFIG: dict[str, Any] = {"channels": 32}
 #: (block index, channels) of the stage ends the decoder reads: strides 2, 4, 8 and 16, finest first.
@@ -147,12 +152,21 @@ class GicdLite(FrozenBackboneNetwork):
         with torch.no_grad():
             return torch.softmax(self.logits(cached["features"].float()).sum(dim=0, keepdim=True), dim=1)
 
-    def predict_group(self, images: torch.Tensor, chunk: int) -> torch.Tensor:
+    def predict_group(self, images: torch.Tensor, chunk: int, membership: Membership | None = None) -> torch.Tensor:
         """Saliency maps (N, S, S) in [0, 1] for a whole group, ``chunk`` images at a time.
 
         A group that fits in one chunk needs one encoder pass; a larger one a consensus pass first.
+        With ``membership``, images whose classes disagree with the group's are dimmed.
         """
         consensus = self.consensus(images, chunk) if len(images) > chunk else None
+        maps, logits = [], []
         with torch.no_grad():  # the GIM turns autograd on for its own step only
-            maps = [torch.sigmoid(self(part, consensus)[0][:, 0]) for part in images.split(chunk)]
-        return torch.cat(maps)
+            for part in images.split(chunk):
+                pyramid, features = self.encode(part)
+                maps.append(torch.sigmoid(self.decode(pyramid, features, part.shape[-2:], consensus)[0][:, 0]))
+                logits.append(self.logits(features))
+            if membership is None:
+                return torch.cat(maps)
+            logits_of_group = torch.cat(logits)
+            consensus = consensus_of(logits_of_group) if consensus is None else consensus
+            return torch.cat(maps) * membership.weights(logits_of_group, consensus)[:, None, None]

@@ -1,0 +1,121 @@
+"""Tune a method's outsider dimming (``models.membership.Membership``) on outsiders built from training images.
+
+    python benchmarks/make_outsiders.py --data ../shared/data --split training/splits/shared-v2.yaml \
+        --output eval/outsiders-train --part training --per-group 40
+    python benchmarks/tune_membership.py eval/outsiders-train -m gicd [--report eval/outsiders] [--max-lost 0.01]
+
+Dimming has a price: a dimmed in-group map may no longer reach 0.5, so its object is lost to a user
+who thresholds there ("lost", as in ``heldout_report.py``), and groups *without* outsiders pay it too.
+So the offset is the smallest (in steps of 0.25 nats) that loses at most ``--max-lost`` of the objects
+in the tuning set's groups with their outsiders taken out; the table shows, for every offset, the
+outsider / in-group map ratio with outsiders and the lost share without them. ``--report`` prints the
+same table for another set (the held-out outsiders): it is never tuned on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from heldout_report import folder_groups
+from PIL import Image
+
+import cosal_cli
+from cosal_cli.io import load_grey, load_rgb
+from cosal_cli.methods.loader import load_method
+from cosal_cli.models.membership import Membership
+
+OFFSETS = np.arange(2.0, 7.01, 0.25)
+
+
+@dataclass
+class Scored:
+    """Per image of a set of groups: agreement relative to its group's median, outsider?, map max and mean."""
+
+    relative: np.ndarray
+    outsider: np.ndarray
+    peak: np.ndarray
+    mean: np.ndarray
+    has_object: np.ndarray
+
+    def ratio(self, weights: np.ndarray) -> float:
+        dimmed = weights * self.mean
+        return float(dimmed[self.outsider].mean() / dimmed[~self.outsider].mean())
+
+    def lost(self, weights: np.ndarray) -> float:
+        return float(((weights * self.peak) < 127.5)[~self.outsider & self.has_object].mean())
+
+
+def score(network, detector, groups: dict[str, list], outsiders: set[str]) -> Scored:
+    columns: dict[str, list] = {name: [] for name in ("relative", "outsider", "peak", "mean", "has_object")}
+    for group, pairs in sorted(groups.items()):
+        images = torch.stack([_tensor(load_rgb(image).rgb, detector.input_size) for image, _ in pairs])
+        with torch.no_grad():
+            logits = torch.cat([network.logits(network.encode(part)[1]) for part in images.split(16)])
+        consensus = torch.softmax(logits.sum(dim=0, keepdim=True), dim=1)
+        agreement = (torch.log_softmax(logits, dim=1) * consensus).sum(dim=1)
+        columns["relative"] += (agreement - agreement.median()).tolist()
+        for (image, mask), values in zip(pairs, detector.predict([image for image, _ in pairs], name=group)):
+            rounded = np.rint(values * 255.0)
+            columns["peak"].append(rounded.max())
+            columns["mean"].append(rounded.mean())
+            columns["has_object"].append(load_grey(mask).max() > 127)
+            columns["outsider"].append(f"{group}/{image.stem}" in outsiders)
+    return Scored(**{name: np.array(values) for name, values in columns.items()})
+
+
+def _tensor(image: Image.Image, size: int) -> torch.Tensor:
+    # The inference path's resize (square, Pillow bilinear).
+    resized = np.array(image.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+    return torch.from_numpy(resized).permute(2, 0, 1)
+
+
+def with_and_without_outsiders(network, detector, root: Path) -> tuple[Scored, Scored]:
+    record = json.loads((root / "outsiders.json").read_text())["images"]
+    outsiders = {entry["image"] for entry in record if entry["outsider"]}
+    groups = folder_groups(root)
+    plain = {group: [pair for pair in pairs if f"{group}/{pair[0].stem}" not in outsiders]
+             for group, pairs in groups.items()}  # fmt: skip
+    return score(network, detector, groups, outsiders), score(network, detector, plain, set())
+
+
+def table(name: str, mixed: Scored, plain: Scored, temperature: float) -> list[tuple[float, float, float]]:
+    rows = []
+    undimmed, plain_undimmed = np.ones_like(mixed.peak), np.ones_like(plain.peak)
+    print(f"{name}: offset | outsider ratio | lost with outsiders | lost without")
+    print(f"  none | {mixed.ratio(undimmed):.3f} | {mixed.lost(undimmed):.3f} | {plain.lost(plain_undimmed):.3f}")
+    for offset in OFFSETS:
+        membership = Membership(offset=float(offset), temperature=temperature)
+        weights_mixed = membership.weights_of_relative(torch.from_numpy(mixed.relative)).numpy()
+        weights_plain = membership.weights_of_relative(torch.from_numpy(plain.relative)).numpy()
+        rows.append((float(offset), mixed.ratio(weights_mixed), plain.lost(weights_plain)))
+        print(f"  {offset:.2f} | {rows[-1][1]:.3f} | {mixed.lost(weights_mixed):.3f} | {rows[-1][2]:.3f}")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("tuning", type=Path, help="outsider set built from training images")
+    parser.add_argument("-m", "--method", default="gicd", help="gicd or icnet")
+    parser.add_argument("--report", type=Path, help="outsider set to report on (never tuned on)")
+    parser.add_argument("--max-lost", type=float, default=0.01, help="objects allowed lost without outsiders")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    shipped = importlib.import_module(f"cosal_cli.methods.{args.method}").MEMBERSHIP
+    network = load_method("gicd", torch.device("cpu"), offline=True).network  # Lite0, the classifier of both
+    detector = cosal_cli.load(args.method, device="cpu", offline=True, outsiders="keep")
+    rows = table("tuning", *with_and_without_outsiders(network, detector, args.tuning), shipped.temperature)
+    offset = next((offset for offset, _, lost in rows if lost <= args.max_lost), None)
+    print(f"{args.method}: tuned offset {offset} (temperature {shipped.temperature}); shipped: {shipped}")
+    if args.report:
+        table("report", *with_and_without_outsiders(network, detector, args.report), shipped.temperature)
+
+
+if __name__ == "__main__":
+    main()
