@@ -219,3 +219,10 @@ def check_shipped_head(hub: WeightHub, method: str, head: Path, max_bytes: int) 
     assert kept["sm"] == max(entry["sm"] for entry in metadata["validation"]["history"])
     return metadata
 
+
+
+def not_a_cat(size: int = 224) -> torch.Tensor:
+    """(3, size, size) RGB in [0, 1]: stripes and gradients, a picture no ImageNet class fits a cat group's."""
+    rows = torch.arange(size).float()[:, None] / size
+    stripes = torch.stack([torch.sin(rows * 40), rows, 1 - rows]).expand(3, size, size)
+    return stripes * 0.5 + 0.5

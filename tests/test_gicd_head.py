@@ -14,7 +14,7 @@ from PIL import Image
 
 from cosal_cli.models.gicd import gradient_cam
 
-from .conftest import EXAMPLES, auc, check_shipped_head, detect_examples
+from .conftest import EXAMPLES, auc, check_shipped_head, detect_examples, not_a_cat
 
 pytestmark = pytest.mark.weights
 
@@ -99,9 +99,7 @@ def test_an_image_that_is_not_of_the_group_is_dimmed_and_keep_turns_it_off(gicd_
     from cosal_cli.methods.options import OutsiderOptions
 
     images, _ = cat_group()
-    rows = torch.arange(224).float()[:, None] / 224
-    stripes = torch.stack([torch.sin(rows * 40).expand(224, 224), rows.expand(224, 224), 1 - rows.expand(224, 224)])
-    group = torch.cat([images, (stripes * 0.5 + 0.5)[None]])  # eight cats and a picture of no cat
+    group = torch.cat([images, not_a_cat()[None]])  # eight cats and a picture of no cat
     with torch.inference_mode(False):
         dimmed = Method(gicd_weights, torch.device("cpu"), batch_size=4).predict_group(group)
         kept = Method(gicd_weights, torch.device("cpu"), batch_size=4,

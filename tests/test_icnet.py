@@ -18,7 +18,7 @@ from cosal_cli.cli import app
 from cosal_cli.models.icnet import ICNet, IcnetHead, IcnetNetwork
 from cosal_cli.models.vgg import imagenet_normalise
 
-from .conftest import EXAMPLES, REPO, check_shipped_head, detect_examples
+from .conftest import EXAMPLES, REPO, check_shipped_head, detect_examples, not_a_cat
 from .test_train import toy  # noqa: F401 (a fixture)
 
 runner = CliRunner()
@@ -365,9 +365,7 @@ def test_an_image_that_is_not_of_the_group_is_dimmed_over_the_whole_group(icnet_
     from cosal_cli.methods.loader import load_method
     from cosal_cli.methods.options import SismOutsiderOptions
 
-    rows = torch.arange(224).float()[:, None] / 224
-    stripes = torch.stack([torch.sin(rows * 40).expand(224, 224), rows.expand(224, 224), 1 - rows.expand(224, 224)])
-    group = torch.cat([_example_group(6), (stripes * 0.5 + 0.5)[None]])  # six cats and a picture of no cat
+    group = torch.cat([_example_group(6), not_a_cat()[None]])  # six cats and a picture of no cat
     with torch.inference_mode():
         dimmed = load_method("icnet", torch.device("cpu"), batch_size=4).predict_group(group)
         kept = load_method("icnet", torch.device("cpu"), batch_size=4,

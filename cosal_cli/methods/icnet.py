@@ -88,6 +88,10 @@ class Method(base.TrainableMethod):
         maps = sism.predict_in_subgroups(images, sources, self.options.subgroup, self.sisms, run)
         if self.classifier is None:
             return maps
+        classifier = self.classifier
+
+        def classify(part: torch.Tensor) -> torch.Tensor:
+            return classifier(lite_normalise(part))
+
         # The whole group's consensus, also with --subgroup: an outsider is one of the group, not of a sub-group.
-        classify = lambda part: self.classifier(lite_normalise(part))  # noqa: E731
         return maps * group_weights(classify, images, self.batch_size, MEMBERSHIP)[:, None, None]
