@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from heldout_report import folder_groups
-from PIL import Image
 
 import cosal_cli
+from cosal_cli.inference import prepare_images
 from cosal_cli.io import load_grey, load_rgb
 from cosal_cli.methods.loader import load_method
-from cosal_cli.models.membership import Membership
+from cosal_cli.models.membership import Membership, consensus_of, relative_agreement
 
 OFFSETS = np.arange(2.0, 7.01, 0.25)
 
@@ -54,12 +54,11 @@ class Scored:
 def score(network, detector, groups: dict[str, list], outsiders: set[str]) -> Scored:
     columns: dict[str, list] = {name: [] for name in ("relative", "outsider", "peak", "mean", "has_object")}
     for group, pairs in sorted(groups.items()):
-        images = torch.stack([_tensor(load_rgb(image).rgb, detector.input_size) for image, _ in pairs])
+        pixels = prepare_images([load_rgb(image).rgb for image, _ in pairs], pairs, detector.input_size).pixels
+        images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0  # the inference path's input
         with torch.no_grad():
             logits = torch.cat([network.logits(network.encode(part)[1]) for part in images.split(16)])
-        consensus = torch.softmax(logits.sum(dim=0, keepdim=True), dim=1)
-        agreement = (torch.log_softmax(logits, dim=1) * consensus).sum(dim=1)
-        columns["relative"] += (agreement - agreement.median()).tolist()
+        columns["relative"] += relative_agreement(logits, consensus_of(logits)).tolist()
         for (image, mask), values in zip(pairs, detector.predict([image for image, _ in pairs], name=group)):
             rounded = np.rint(values * 255.0)
             columns["peak"].append(rounded.max())
@@ -67,12 +66,6 @@ def score(network, detector, groups: dict[str, list], outsiders: set[str]) -> Sc
             columns["has_object"].append(load_grey(mask).max() > 127)
             columns["outsider"].append(f"{group}/{image.stem}" in outsiders)
     return Scored(**{name: np.array(values) for name, values in columns.items()})
-
-
-def _tensor(image: Image.Image, size: int) -> torch.Tensor:
-    # The inference path's resize (square, Pillow bilinear).
-    resized = np.array(image.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
-    return torch.from_numpy(resized).permute(2, 0, 1)
 
 
 def with_and_without_outsiders(network, detector, root: Path) -> tuple[Scored, Scored]:

@@ -150,7 +150,7 @@ class GicdLite(FrozenBackboneNetwork):
     def consensus_from_cache(self, cached: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The consensus of the cached views' images (collaborative batches use another group's)."""
         with torch.no_grad():
-            return torch.softmax(self.logits(cached["features"].float()).sum(dim=0, keepdim=True), dim=1)
+            return consensus_of(self.logits(cached["features"].float()))
 
     def predict_group(self, images: torch.Tensor, chunk: int, membership: Membership | None = None) -> torch.Tensor:
         """Saliency maps (N, S, S) in [0, 1] for a whole group, ``chunk`` images at a time.

@@ -35,13 +35,18 @@ class Membership:
 
     def weights(self, logits: torch.Tensor, consensus: torch.Tensor) -> torch.Tensor:
         """(N,) weights in (0, 1] for the images of ``logits`` (N, 1000) against ``consensus`` (1, 1000)."""
-        agreement = (torch.log_softmax(logits, dim=1) * consensus).sum(dim=1)
-        return self.weights_of_relative(agreement - agreement.median())
+        return self.weights_of_relative(relative_agreement(logits, consensus))
 
     def weights_of_relative(self, relative: torch.Tensor) -> torch.Tensor:
         """The weights of agreements given relative to the group's median image."""
         scale = torch.sigmoid(torch.tensor(self.offset / self.temperature, dtype=relative.dtype))
         return (torch.sigmoid((relative + self.offset) / self.temperature) / scale).clamp(max=1.0)
+
+
+def relative_agreement(logits: torch.Tensor, consensus: torch.Tensor) -> torch.Tensor:
+    """(N,) each image's log-likelihood of the consensus classes minus that of the group's median image."""
+    agreement = (torch.log_softmax(logits, dim=1) * consensus).sum(dim=1)
+    return agreement - agreement.median()
 
 
 def consensus_of(logits: torch.Tensor) -> torch.Tensor:
