@@ -13,6 +13,7 @@ manifold ranking of ``gmr``); those are not refiners.
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Protocol
 
 import numpy as np
@@ -29,12 +30,20 @@ class Refiner(Protocol):
 #: name -> "module:factory"; imported only when used, so listing them imports nothing heavy.
 REFINERS: dict[str, str] = {
     "ranking": "cosal_cli.refine.ranking:RankingRefiner",
+    "crf": "cosal_cli.refine.crf:CrfRefiner",
 }
 
 
-def load_refiner(name: str) -> Refiner:
-    try:
-        module, factory = REFINERS[name].split(":")
-    except KeyError:
-        raise UsageError(f"unknown refiner {name!r}; available: {', '.join(REFINERS)}") from None
-    return getattr(importlib.import_module(module), factory)()
+def check_refiner(name: str) -> None:
+    """A usage error for an unknown refiner, raised before anything is downloaded or loaded."""
+    if name not in REFINERS:
+        raise UsageError(f"unknown refiner {name!r}; available: {', '.join(REFINERS)}")
+
+
+def load_refiner(name: str, device: str = "cpu") -> Refiner:
+    """The refiner ``name``; those that run on torch (``crf``) run on ``device``, the method's."""
+    check_refiner(name)
+    module, factory_name = REFINERS[name].split(":")
+    factory = getattr(importlib.import_module(module), factory_name)
+    takes_device = "device" in inspect.signature(factory).parameters
+    return factory(device=device) if takes_device else factory()
