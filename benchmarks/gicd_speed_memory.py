@@ -71,8 +71,8 @@ def detect(group: Path, out: Path, method: str, device: str) -> list[str]:
             "--device", device, "--offline", "--json", "--quiet"]  # fmt: skip
 
 
-def print_peak_memory(method: str, sizes: list[int], device: str, prepare=None) -> None:
-    """Peak RSS of `cosal detect --method METHOD` on one group of each size, each in a fresh process.
+def print_peak_memory(method: str, sizes: list[int], device: str, prepare=None, extra: tuple[str, ...] = ()) -> None:
+    """Peak RSS of `cosal detect --method METHOD [EXTRA]` on one group of each size, each in a fresh process.
 
     ``prepare(folder)``, if given, runs first in each run's temporary folder (e.g. to set COSAL_HOME).
     """
@@ -83,7 +83,7 @@ def print_peak_memory(method: str, sizes: list[int], device: str, prepare=None) 
             if prepare is not None:
                 prepare(Path(tmp))
             group = make_group(Path(tmp) / "group", size)
-            command = [sys.executable, "-c", PEAK_RSS, *detect(group, Path(tmp) / "out", method, device)]
+            command = [sys.executable, "-c", PEAK_RSS, *detect(group, Path(tmp) / "out", method, device), *extra]
             run = subprocess.run(command, capture_output=True, text=True, check=False)
             if run.returncode:
                 raise SystemExit(f"{method} on {size} images failed: {run.stderr}")

@@ -8,7 +8,8 @@ the outsider / in-group map ratio.
     python benchmarks/heldout_report.py --data ../shared/data --split training/splits/shared-v2.yaml \
         --composites eval/composites --outsiders eval/outsiders -m sod -m gicd -m icnet [--json report.json]
 
-A method written ``gicd+crf`` is gicd with ``--refine crf`` (any refiners, joined by ``+``).
+A method written ``gicd+crf`` is gicd with ``--refine crf`` (any refiners, joined by ``+``), and
+``csmg,smoothing=off`` is csmg with ``--smoothing off``: the labels ``cosal bench`` gives them.
 
 Maps come from the Python API (the maps `cosal detect` writes), rounded to 8 bits as a PNG would be,
 scored with cosal's metrics (pysodmetrics protocol, averaged per image). The outsider ratio is the
@@ -99,8 +100,10 @@ def main() -> None:
                              {entry["image"] for entry in record["images"] if entry["outsider"]})  # fmt: skip
     report: dict[str, dict[str, dict[str, float]]] = {}
     for method in args.method:
-        base, *refiners = method.split("+")  # "gicd+crf": gicd, then --refine crf
-        detector = cosal_cli.load(base, device="cpu", offline=True, refine=refiners)
+        named, *refiners = method.split("+")  # "gicd+crf": gicd, then --refine crf
+        base, *settings = named.split(",")  # "csmg,smoothing=off": csmg with --smoothing off
+        options = dict(setting.split("=", 1) for setting in settings)
+        detector = cosal_cli.load(base, device="cpu", offline=True, refine=refiners, **options)
         for name, (groups, outsiders) in sets.items():
             if name not in wanted:
                 continue

@@ -283,8 +283,9 @@ def run(
             for problem in dataset.problems:
                 reporter.problem(problem)
             for method in methods:
-                label = method_label(method, refine)
-                run = _MethodRun(method, label, (options or {}).get(method), list(refine))
+                method_options = (options or {}).get(method)
+                label = method_label(method, refine, method_options)
+                run = _MethodRun(method, label, method_options, list(refine))
                 summary = _detect(dataset, run, output, existing, device_spec, batch_size, offline, reporter,
                                   download_progress)  # fmt: skip
                 reporter.stage(f"{dataset.name}: scoring {label}", len(dataset.items))
@@ -299,9 +300,15 @@ def run(
     return result
 
 
-def method_label(method: str, refine: Sequence[str]) -> str:
-    """The name of a method's row and map folder: ``gicd``, or ``gicd+ranking`` with refiners."""
-    return "+".join([method, *refine])
+def method_label(method: str, refine: Sequence[str], options: Any = None) -> str:
+    """The name of a method's row and map folder: ``gicd``; with options that change the maps
+    ``csmg,smoothing=off`` (each given option, in declaration order); ``gicd+ranking`` with refiners."""
+    given = []
+    for name, flag in (options.declared().items() if options is not None else ()):
+        value = getattr(options, name)
+        if value is not None:
+            given.append(f"{flag.removeprefix('--')}={Path(value).name if isinstance(value, Path) else value}")
+    return "+".join([",".join([method, *given]), *refine])
 
 
 @dataclass(frozen=True)

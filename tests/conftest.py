@@ -190,7 +190,7 @@ def detect_examples(out: Path, *options: str) -> tuple[dict, dict[str, tuple[flo
     return summary, example_map_scores(out)
 
 
-def check_shipped_head(hub: WeightHub, method: str, head: Path, max_bytes: int) -> dict:
+def check_shipped_head(hub: WeightHub, method: str, head: Path, max_bytes: int, role: str = "head") -> dict:
     """What every bundled head promises; returns its metadata for the method's own checks.
 
     A small bundled component of the manifest's size, in cosal's head format, made for the method's
@@ -202,7 +202,7 @@ def check_shipped_head(hub: WeightHub, method: str, head: Path, max_bytes: int) 
     from cosal_cli.models.heads import HEAD_FORMAT, load_head
 
     roles = hub.manifest.roles(method)
-    head_component = hub.manifest.component(roles["head"])
+    head_component = hub.manifest.component(roles[role])
     backbone_component = hub.manifest.component(roles["backbone"])
     assert head_component.source.kind == "bundled"
     assert head.stat().st_size == head_component.size < max_bytes

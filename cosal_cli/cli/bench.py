@@ -21,12 +21,15 @@ from cosal_cli.cli.console import (
     stdout,
 )
 from cosal_cli.cli.options import (
+    BranchesOption,
     ChunkOption,
     DebugOption,
     OutsidersOption,
     RefineOption,
+    ScalesOption,
     SismDirOption,
     SismOption,
+    SmoothingOption,
     SubgroupOption,
     method_values,
 )
@@ -81,6 +84,9 @@ def bench(
     sism_dir: SismDirOption = None,
     subgroup: SubgroupOption = None,
     outsiders: OutsidersOption = None,
+    smoothing: SmoothingOption = None,
+    branches: BranchesOption = None,
+    scales: ScalesOption = None,
     chunk: ChunkOption = None,
     refine: RefineOption = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network for weights.")] = False,
@@ -104,7 +110,8 @@ def bench(
     for name in method_names:
         methods.card(name)  # unknown names fail before any file is read
     notices: list[str] = []
-    options = methods.split_options(method_names, method_values(sism, sism_dir, subgroup, chunk, notices, outsiders))
+    options = methods.split_options(method_names, method_values(sism, sism_dir, subgroup, chunk, notices, outsiders,
+                                              smoothing=smoothing, branches=branches, scales=scales))
     for message in notices:
         stderr.print(f"[yellow]warning:[/] {escape(message)}")
     for folder in pred or []:
@@ -118,7 +125,7 @@ def bench(
         chosen = load_split(split)
         found = [held_out_part(found_dataset, chosen) for found_dataset in found]
     predictions = benchmark.prediction_names(pred or [], found, taken=[
-        benchmark.method_label(name, refine or []) for name in method_names])
+        benchmark.method_label(name, refine or [], options.get(name)) for name in method_names])
 
     with progress_bar(quiet, 0) as progress:
         result = benchmark.run(

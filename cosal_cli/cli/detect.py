@@ -17,13 +17,16 @@ from cosal_cli.cli.console import (
     stderr,
 )
 from cosal_cli.cli.options import (
+    BranchesOption,
     ChunkOption,
     DebugOption,
     LayoutOption,
     OutsidersOption,
     RefineOption,
+    ScalesOption,
     SismDirOption,
     SismOption,
+    SmoothingOption,
     SubgroupOption,
     method_values,
 )
@@ -58,6 +61,9 @@ def detect(
     sism_dir: SismDirOption = None,
     subgroup: SubgroupOption = None,
     outsiders: OutsidersOption = None,
+    smoothing: SmoothingOption = None,
+    branches: BranchesOption = None,
+    scales: ScalesOption = None,
     chunk: ChunkOption = None,
     refine: RefineOption = None,
     layout: LayoutOption = "auto",
@@ -74,7 +80,8 @@ def detect(
         raise UsageError("--skip-existing and --overwrite exclude each other")
     method_name = method or methods.DEFAULT_METHOD
     notices: list[str] = []
-    options = methods.options_for(method_name, method_values(sism, sism_dir, subgroup, chunk, notices, outsiders))
+    options = methods.options_for(method_name, method_values(sism, sism_dir, subgroup, chunk, notices, outsiders,
+                                              smoothing=smoothing, branches=branches, scales=scales))
     for message in notices:
         stderr.print(f"[yellow]warning:[/] {escape(message)}")
     discovery = io.discover(io.read_paths(paths), layout)

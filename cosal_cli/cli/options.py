@@ -10,12 +10,12 @@ import typer
 
 from cosal_cli import methods
 from cosal_cli.errors import UsageError
-from cosal_cli.methods.options import OutsiderOptions, SismOptions
+from cosal_cli.methods.options import CsmgOptions, OutsiderOptions, SismOptions
 from cosal_cli.refine import REFINERS
 
 
 def _method_help(name: str) -> str:
-    declaring = next(options for options in (SismOptions, OutsiderOptions) if name in options.declared())
+    declaring = next(options for options in (SismOptions, OutsiderOptions, CsmgOptions) if name in options.declared())
     flag = declaring.declared()[name]
     return f"{declaring.help_of(name)}. Methods: {', '.join(methods.takers(flag))}."
 
@@ -26,6 +26,13 @@ SubgroupOption = Annotated[Optional[int], typer.Option("--subgroup", min=1, help
 OutsidersOption = Annotated[
     Optional[str], typer.Option("--outsiders", metavar="dim|keep", help=_method_help("outsiders"))
 ]
+SmoothingOption = Annotated[
+    Optional[str], typer.Option("--smoothing", metavar="on|off", help=_method_help("smoothing"))
+]
+BranchesOption = Annotated[
+    Optional[str], typer.Option("--branches", metavar="both|pool3|pool5", help=_method_help("branches"))
+]
+ScalesOption = Annotated[Optional[str], typer.Option("--scales", metavar="multi|single", help=_method_help("scales"))]
 ChunkOption = Annotated[
     Optional[int], typer.Option("--chunk", min=1, hidden=True, help="Deprecated name of --subgroup (one release).")
 ]
@@ -46,10 +53,10 @@ DebugOption = Annotated[
 
 
 def method_values(sism: str | None, sism_dir: Path | None, subgroup: int | None, chunk: int | None,
-                  notices: list[str], outsiders: str | None = None) -> dict[str, Any]:  # fmt: skip
+                  notices: list[str], outsiders: str | None = None, **more: str | None) -> dict[str, Any]:  # fmt: skip
     """The method options given on the command line, by option name (``chunk``: the old ``subgroup``)."""
     if chunk is not None:
         if subgroup is not None:
             raise UsageError("--chunk is the old name of --subgroup: give only --subgroup")
         notices.append("--chunk is deprecated and will be removed in the next release: use --subgroup")
-    return {"sism": sism, "sism_dir": sism_dir, "subgroup": subgroup, "chunk": chunk, "outsiders": outsiders}
+    return {"sism": sism, "sism_dir": sism_dir, "subgroup": subgroup, "chunk": chunk, "outsiders": outsiders, **more}

@@ -77,6 +77,11 @@ def train(
         typer.Option("--sism", help="ICNet: the SISM generator to train with (sod or gmr); use the same one at test "
                      "time. Default: sod."),
     ] = None,
+    branches: Annotated[
+        Optional[str],
+        typer.Option("--branches", help="CSMG: the masked branches the head is trained with (both, pool3 or pool5); "
+                     "detect picks the matching head with the same flag. Default: both."),
+    ] = None,
     val_limit: Annotated[
         int, typer.Option(min=0, help="Held-out images per group validated each epoch (0: all).")
     ] = 24,
@@ -114,7 +119,7 @@ def train(
     settings = TrainSettings(
         method=method, data=list(data), split=load_split(split), output=output, epochs=epochs, lr=lr,
         sampler=sampler, val_limit=val_limit, per_group=per_group, checkpoint_every=checkpoint_every, device=device,
-        resume=resume, offline=hub.offline_mode(offline), config={"sism": sism} if sism is not None else {},
+        resume=resume, offline=hub.offline_mode(offline), config=_config(sism, branches),
         cache_views=cache_views, cache_dir=cache_dir,
     )  # fmt: skip
     with progress_bar(quiet, None, TRAIN_COLUMNS) as progress:
@@ -127,6 +132,18 @@ def train(
             f"wrote {escape(str(output))}: epoch {kept['epoch']} of {metadata['training']['epochs_run']}, held-out "
             f"S {kept['sm']:.3f}, max F {kept['max_fm']:.3f}, mean E {kept['mean_em']:.3f}, MAE {kept['mae']:.3f}"
         )
+
+
+def _config(sism: str | None, branches: str | None) -> dict:
+    """The head's config from the method-specific flags (checked against the method by the trainer)."""
+    config: dict = {}
+    if sism is not None:
+        config["sism"] = sism
+    if branches is not None:
+        if branches not in ("both", "pool3", "pool5"):
+            raise UsageError(f"--branches must be both, pool3 or pool5, not {branches!r}")
+        config["branches"] = ["pool3", "pool5"] if branches == "both" else [branches]
+    return config
 
 
 class _TrainConsoleReporter(ConsoleReporter):

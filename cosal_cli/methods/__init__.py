@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cosal_cli.errors import UsageError
-from cosal_cli.methods.options import MethodOptions, OutsiderOptions, SismOptions, SismOutsiderOptions
+from cosal_cli.methods.options import (
+    CsmgOptions,
+    MethodOptions,
+    OutsiderOptions,
+    SismOptions,
+    SismOutsiderOptions,
+)
 
 if TYPE_CHECKING:
     from cosal_cli.methods.base import Method
@@ -50,6 +56,17 @@ CARDS: dict[str, MethodCard] = {
             summary="training-free: one 1x1 filter on VGG-16 conv5_3 learned per group by ADMM (PCA + sparsity)",
             module="cosal_cli.methods.csmg_mask",
             builds_on=("admm",),
+        ),
+        MethodCard(
+            name="csmg",
+            paper="Zhang, Li, Liu, Liu. Co-saliency Detection via Mask-guided Fully Convolutional Networks with "
+            "Multi-scale Label Smoothing. CVPR 2019; cosal's weights: frozen VGG-16, FCN head trained with "
+            "`cosal train`",
+            summary="the ADMM masks guide an FCN through pool3 and pool5; multi-scale label smoothing over a "
+            "group-wide superpixel graph alternated with a dense CRF (ablations: --smoothing, --branches, --scales)",
+            module="cosal_cli.methods.csmg",
+            options=CsmgOptions,
+            builds_on=("admm", "label-smoothing", "crf"),
         ),
         MethodCard(
             name="gicd",

@@ -87,6 +87,11 @@ class TrainableMethod(Method):
     group_context: ClassVar[bool] = True
     #: Whether its network has ``encode_for_cache`` / ``forward_from_cache`` (``cosal train --cache-views``).
     trains_from_cache: ClassVar[bool] = False
+    #: True when a cached view depends on the sub-group it was encoded with (CSMG's masks): outsiders
+    #: and collaborative batches would then pair views with masks of another group, so they are refused.
+    cached_sub_groups: ClassVar[bool] = False
+    #: Adam's L2 weight decay on the head (CSMG's eq. 9 has one).
+    weight_decay: ClassVar[float] = 0.0
 
     def __init__(
         self,

@@ -107,3 +107,36 @@ class SismOutsiderOptions(SismOptions, OutsiderOptions):
     def __post_init__(self) -> None:
         SismOptions.__post_init__(self)
         OutsiderOptions.__post_init__(self)
+
+
+CSMG_BRANCHES = ("both", "pool3", "pool5")
+CSMG_SCALES = ("multi", "single")
+
+
+@dataclass(frozen=True)
+class CsmgOptions(MethodOptions):
+    """CSMG's ablations (paper, section 4.4), each a switch that ``cosal bench`` puts in the label."""
+
+    smoothing: str | None = option("--smoothing", "on (default) or off: off is the mask-guided FCN alone, "
+                                   "without stage 3's multi-scale label smoothing")  # fmt: skip
+    branches: str | None = option("--branches", "both (default), pool3 or pool5: which masked branches feed the "
+                                  "FCN; each choice has its own trained head")  # fmt: skip
+    scales: str | None = option("--scales", "multi (default) or single: the SLIC scales of the label smoothing")
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("smoothing", ("on", "off")), ("branches", CSMG_BRANCHES), ("scales", CSMG_SCALES)):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise UsageError(f"--{name} must be {' or '.join(allowed)}, not {value!r}")
+
+    @property
+    def smooth(self) -> bool:
+        return self.smoothing != "off"
+
+    @property
+    def branch_choice(self) -> str:
+        return self.branches or "both"
+
+    @property
+    def multi_scale(self) -> bool:
+        return self.scales != "single"

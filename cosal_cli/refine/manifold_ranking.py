@@ -80,8 +80,9 @@ def border_superpixels(labels: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def adjacency(labels: np.ndarray) -> np.ndarray:
-    """(n, n) bool: superpixels that touch (8-connected pixels) plus every pair of border superpixels."""
+def adjacency(labels: np.ndarray, border_loop: bool = True) -> np.ndarray:
+    """(n, n) bool: superpixels that touch (8-connected pixels) plus, with ``border_loop`` (gmr's
+    close-loop graph), every pair of border superpixels."""
     n = int(labels.max()) + 1
     touching = np.zeros((n, n), dtype=bool)
     # Right, down, and both diagonals of every 2 x 2 pixel block cover all 8-neighbour pairs.
@@ -93,8 +94,9 @@ def adjacency(labels: np.ndarray) -> np.ndarray:
     )
     for a, b in pairs:
         touching[a.ravel(), b.ravel()] = True
-    border = np.unique(np.concatenate(list(border_superpixels(labels).values())))
-    touching[np.ix_(border, border)] = True
+    if border_loop:
+        border = np.unique(np.concatenate(list(border_superpixels(labels).values())))
+        touching[np.ix_(border, border)] = True
     touching |= touching.T
     np.fill_diagonal(touching, False)
     return touching

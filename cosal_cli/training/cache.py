@@ -171,20 +171,38 @@ def _build(cache: FeatureCache, network, settings: SamplerSettings, identity: di
     store = ImageStore(short_side=2 * settings.size)
     groups = by_group(cache.images)
     others = {key: [item for other, items in groups.items() if other != key for item in items] for key in groups}
-    renders = ((row, _render(cache.images[row // cache.views], row, store, settings, others)) for row in range(rows))
     arrays: dict[str, np.ndarray] = {}
-    pending: list[tuple[int, tuple[torch.Tensor, torch.Tensor]]] = []
-    for row, view in renders:
-        pending.append((row, view))
-        if len(pending) == RENDER_CHUNK or row == rows - 1:
-            _store_chunk(pending, network, arrays, folder, rows, notice)
-            pending = []
-            if (row + 1) % 2048 < RENDER_CHUNK or row == rows - 1:
-                notice(f"feature cache: {row + 1}/{rows} views encoded")
+    done = 0
+    for chunk in _chunks(cache, groups, getattr(network, "cache_sub_group", 0), settings.seed):
+        views = [_render(cache.images[row // cache.views], row, store, settings, others) for row in chunk]
+        _store_chunk(chunk, views, network, arrays, folder, rows, notice)
+        if (done + len(chunk)) // 2048 > done // 2048 or done + len(chunk) == rows:
+            notice(f"feature cache: {done + len(chunk)}/{rows} views encoded")
+        done += len(chunk)
     for array in arrays.values():
         array.flush()
     with atomic_output(folder / "cache.json") as temporary:
         temporary.write_text(json.dumps({"fingerprint": identity, "arrays": sorted(arrays)}, indent=1))
+
+
+def _chunks(cache: FeatureCache, groups: dict[str, list[TrainImage]], sub_group: int, seed: int) -> list[list[int]]:
+    """The rows encoded together: ``RENDER_CHUNK`` consecutive rows; or, for a network whose cached
+    tensors depend on the sub-group around an image (CSMG's ADMM masks, ``cache_sub_group = k``),
+    each group's images shuffled and cut into sub-groups of k to 2k - 1, one view index at a time."""
+    rows = len(cache.images) * cache.views
+    if not sub_group:
+        return [list(range(start, min(start + RENDER_CHUNK, rows))) for start in range(0, rows, RENDER_CHUNK)]
+    index_of = {item.image: index for index, item in enumerate(cache.images)}
+    rng = np.random.default_rng([seed, _VIEW_STREAM])
+    chunks = []
+    for items in groups.values():
+        for view in range(cache.views):
+            order = [index_of[items[i].image] * cache.views + view for i in rng.permutation(len(items))]
+            cuts = list(range(0, len(order), sub_group))
+            if len(cuts) > 1 and len(order) - cuts[-1] < sub_group:
+                cuts.pop()  # a short last sub-group joins the one before it
+            chunks += [order[start:end] for start, end in zip(cuts, [*cuts[1:], len(order)])]
+    return chunks
 
 
 def _render(item: TrainImage, row: int, store: ImageStore, settings: SamplerSettings, others) -> tuple:
@@ -192,24 +210,24 @@ def _render(item: TrainImage, row: int, store: ImageStore, settings: SamplerSett
     return render_view(item, store, settings, rng, others[item.group_key])
 
 
-def _store_chunk(pending, network, arrays: dict[str, np.ndarray], folder: Path, rows: int, notice) -> None:
-    first = pending[0][0]
-    images = torch.stack([image for _, (image, _) in pending])
-    targets = torch.stack([target for _, (_, target) in pending])
+def _store_chunk(rows: list[int], views, network, arrays: dict[str, np.ndarray], folder: Path, total: int,
+                 notice) -> None:  # fmt: skip
+    images = torch.stack([image for image, _ in views])
+    targets = torch.stack([target for _, target in views])
     device = next(network.head.parameters()).device
     with torch.no_grad():
         encoded = network.encode_for_cache(images.to(device))
     encoded = {name: tensor.to("cpu", torch.float16).numpy() for name, tensor in encoded.items()}
     encoded["targets"] = (targets[:, 0].numpy() * 255.0).round().astype(np.uint8)
     if not arrays:
-        _check_space(folder, {name: value.nbytes // len(pending) for name, value in encoded.items()}, rows)
-        notice(f"building the feature cache in {folder}: {rows} views")
+        _check_space(folder, {name: value.nbytes // len(rows) for name, value in encoded.items()}, total)
+        notice(f"building the feature cache in {folder}: {total} views")
         for name, value in encoded.items():
             arrays[name] = np.lib.format.open_memmap(
-                folder / f"{name}.npy", mode="w+", dtype=value.dtype, shape=(rows, *value.shape[1:])
+                folder / f"{name}.npy", mode="w+", dtype=value.dtype, shape=(total, *value.shape[1:])
             )
     for name, value in encoded.items():
-        arrays[name][first : first + len(pending)] = value
+        arrays[name][rows] = value
 
 
 def _check_space(folder: Path, bytes_per_view: dict[str, int], rows: int) -> None:

@@ -179,7 +179,8 @@ def train(settings: TrainSettings, reporter: TrainReporter) -> dict[str, Any]:
     network = method_class.build_network(hub.resolve(backbone_id, offline=settings.offline), settings.config)
     network = network.to(device)
     method_class.prepare_training(network, device, settings.offline)
-    optimiser = torch.optim.Adam([p for p in network.head.parameters()], lr=settings.lr)
+    head = list(network.head.parameters())
+    optimiser = torch.optim.Adam(head, lr=settings.lr, weight_decay=method_class.weight_decay)
     state = _start_state(settings, network, optimiser, reporter)
 
     groups = by_group(data.train)
@@ -259,6 +260,9 @@ def _check_settings(method_class: type[TrainableMethod], settings: TrainSettings
         if "sism" not in methods.card(settings.method).options.declared():
             raise UsageError(f"--sism does not apply to method {settings.method!r}: it uses no SISMs")
         methods.check_sism_generator(settings.config["sism"])
+    declared = methods.card(settings.method).options.declared()
+    if settings.config.get("branches") is not None and "branches" not in declared:
+        raise UsageError(f"--branches does not apply to method {settings.method!r}: it has no masked branches")
     if settings.sampler.outsider_fraction > 0 and not method_class.group_context:
         raise UsageError(
             f"--outsider-fraction: {settings.method} sees one image at a time, so it cannot learn that an image "
@@ -271,6 +275,10 @@ def _check_settings(method_class: type[TrainableMethod], settings: TrainSettings
             "--collaborative-fraction: collaborative batches need a co-saliency method trained from the feature "
             "cache (add --cache-views N)"
         )
+    mixing = settings.sampler.outsider_fraction > 0 or settings.sampler.collaborative_fraction > 0
+    if method_class.cached_sub_groups and settings.cache_views and mixing:
+        raise UsageError(f"--outsider-fraction / --collaborative-fraction: {settings.method}'s cached views carry "
+                         "the masks of their own sub-group, so they cannot be mixed into another group's batch")
     if method_class.fixed_input and settings.sampler.size != method_class.input_size:
         raise UsageError(
             f"--size {settings.sampler.size}: {settings.method}'s layers fix the input at "
