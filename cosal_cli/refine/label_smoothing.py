@@ -47,7 +47,7 @@ from cosal_cli.refine.crf import CrfParameters, dense_crf, unary_from_probabilit
 @dataclass(frozen=True)
 class SmoothingSettings:
     scales: tuple[int, ...] = (100, 200, 300)  # SLIC superpixels per image, one graph per scale
-    rounds: int = 2  # alternations of the superpixel model, the CRF and the update of L
+    rounds: int = 2  # rankings; between two of them the CRF labels the pixels and L is updated
     beta: float = 0.9  # the paper's weight of the FCN map in the CRF's unary
     lambda4: float = 1.0  # the paper's fitting weight of eq. 11
     theta: float = ranking.THETA  # within-image colour affinity scale (gmr's)
