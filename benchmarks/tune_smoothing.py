@@ -36,7 +36,6 @@ CANDIDATES = {
     "single scale": replace(BASE, scales=(200,)),
     "no cross-image edges": replace(BASE, neighbours=0),
 }
-ONLY = None  # a list of CANDIDATES keys to run, or None for all
 
 
 def fcn_network(head_path: Path | None):
@@ -100,8 +99,6 @@ def main() -> None:
     result = score(fcn, masks)
     print(f"{'FCN alone':<24} {result['sm']:>6.3f} {result['max_fm']:>6.3f} {result['mae']:>6.3f}")
     for name, settings in CANDIDATES.items():
-        if ONLY is not None and name not in ONLY:
-            continue
         smoothed = {group: smooth_group(pixels[group], fcn[group], features[group], settings) for group in fcn}
         result = score(smoothed, masks)
         print(f"{name:<24} {result['sm']:>6.3f} {result['max_fm']:>6.3f} {result['mae']:>6.3f}", flush=True)

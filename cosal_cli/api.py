@@ -27,7 +27,7 @@ from cosal_cli.hub import ProgressCallback, WeightHub
 from cosal_cli.io import load_rgb
 from cosal_cli.methods.base import GroupImages, Method
 from cosal_cli.methods.loader import load_method
-from cosal_cli.refine import Refiner, check_refiner, load_refiner
+from cosal_cli.refine import Refiner, check_refiners, load_refiner
 
 GroupItem = Union[str, Path, Image.Image, np.ndarray]
 
@@ -61,8 +61,7 @@ def load(
     name = method or methods.DEFAULT_METHOD
     typed = methods.options_for(name, options)
     refiner_names = methods.refiners_for(name, refine)
-    for refiner in refiner_names:  # an unknown refiner fails before any download
-        check_refiner(refiner)
+    check_refiners(refiner_names)  # an unknown refiner fails before any download
     loaded = load_method(name, device, batch_size, offline, progress, typed)
     refiners = [load_refiner(refiner, str(loaded.device)) for refiner in refiner_names]
     return Detector(loaded, refiners, _weights_of(name))

@@ -159,7 +159,7 @@ def test_the_group_graph_is_sparse_and_bounded():
     images, _, _ = disc_group(count=6)
     features = torch.rand(6, 8, 4, 4)
     settings = smoothing.SmoothingSettings(neighbours=3)
-    scale = smoothing._build_scale(images, features, 60, settings)
+    scale = smoothing._build_scale(*smoothing.colour_spaces(images), features, 60, settings)
     nodes = scale.matrix.shape[0]
     off_diagonal = scale.matrix.nnz - nodes
     # Touching superpixels (a handful each) plus at most 2 x 3 cross-image edges per node.

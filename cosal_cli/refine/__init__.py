@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Iterable
 from typing import Protocol
 
 import numpy as np
@@ -34,15 +35,16 @@ REFINERS: dict[str, str] = {
 }
 
 
-def check_refiner(name: str) -> None:
-    """A usage error for an unknown refiner, raised before anything is downloaded or loaded."""
-    if name not in REFINERS:
-        raise UsageError(f"unknown refiner {name!r}; available: {', '.join(REFINERS)}")
+def check_refiners(names: Iterable[str]) -> None:
+    """A usage error for the first unknown refiner, raised before anything is downloaded or loaded."""
+    for name in names:
+        if name not in REFINERS:
+            raise UsageError(f"unknown refiner {name!r}; available: {', '.join(REFINERS)}")
 
 
 def load_refiner(name: str, device: str = "cpu") -> Refiner:
     """The refiner ``name``; those that run on torch (``crf``) run on ``device``, the method's."""
-    check_refiner(name)
+    check_refiners([name])
     module, factory_name = REFINERS[name].split(":")
     factory = getattr(importlib.import_module(module), factory_name)
     takes_device = "device" in inspect.signature(factory).parameters

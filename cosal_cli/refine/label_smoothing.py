@@ -70,7 +70,8 @@ def smooth_group(images: np.ndarray, maps: np.ndarray, features: torch.Tensor,
                  settings: SmoothingSettings = SmoothingSettings(), device: str = "cpu") -> np.ndarray:  # fmt: skip
     """Stage 3 for a group: (N, H, W, 3) uint8 images, (N, H, W) maps in [0, 1] and (N, C, h, w)
     deep features to the smoothed maps (N, H, W) float32."""
-    scales = [_build_scale(images, features, n_segments, settings) for n_segments in settings.scales]
+    rgb, lab = colour_spaces(images)
+    scales = [_build_scale(rgb, lab, features, n_segments, settings) for n_segments in settings.scales]
     labels = (maps > 0.5).astype(np.float64)
     masked = maps.astype(np.float64)
     for round_index in range(settings.rounds):
@@ -114,12 +115,18 @@ def system_matrix(affinity: sparse.spmatrix, lambda4: float) -> sparse.csr_matri
     return sparse.csr_matrix(sparse.identity(affinity.shape[0]) * (1.0 + lambda4) - normalised)
 
 
-def _build_scale(images: np.ndarray, features: torch.Tensor, n_segments: int, settings: SmoothingSettings) -> _Scale:
+def colour_spaces(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, H, W, 3) uint8 images as RGB in [0, 1] (what SLIC takes) and CIELab, computed once for every scale."""
+    rgb = images.astype(np.float64) / 255.0
+    return rgb, rgb2lab(rgb)
+
+
+def _build_scale(rgb: np.ndarray, lab: np.ndarray, features: torch.Tensor, n_segments: int,
+                 settings: SmoothingSettings) -> _Scale:  # fmt: skip
     labels, blocks, descriptors = [], [], []
-    for image, feature in zip(images, features):
-        segments = ranking.slic_superpixels(image.astype(np.float64) / 255.0, n_segments, settings.compactness)
-        lab = rgb2lab(image.astype(np.float64) / 255.0)
-        colours = ranking.superpixel_means(segments, lab)
+    for image, image_lab, feature in zip(rgb, lab, features):
+        segments = ranking.slic_superpixels(image, n_segments, settings.compactness)
+        colours = ranking.superpixel_means(segments, image_lab)
         touching = ranking.adjacency(segments, border_loop=False)
         blocks.append(sparse.csr_matrix(ranking.colour_affinity(colours, touching, settings.theta)))
         descriptors.append(_superpixel_features(segments, feature))

@@ -32,7 +32,6 @@ class PermutohedralLattice:
 
     def __init__(self, features: torch.Tensor):
         points, dims = features.shape
-        self.dims = dims
         self.device = features.device
         # Per-point work in cache-sized chunks on CPU: with N-long temporaries it runs 3x slower.
         chunk = CPU_CHUNK // (dims + 1) if self.device.type == "cpu" else points
@@ -46,14 +45,14 @@ class PermutohedralLattice:
         # costly part (d + 1 vertices each, sorted) runs on far fewer than N.
         simplices, simplex_of = _unique(torch.cat(codes))
         keys = _simplex_keys(*code.decode(simplices))  # (S, d + 1, d): the vertices around each simplex
-        packed, self._packing = _pack(keys.reshape(-1, dims))
+        packed, units = _pack(keys.reshape(-1, dims))
         vertices, inverse = _unique(packed)
         # Slot 0 of every value array is the "no such vertex" vertex, always 0: shift indices by one.
         self._simplex_vertices = inverse.reshape(-1, dims + 1) + 1
         self._simplex_of = simplex_of
         self._vertex_of = self._simplex_vertices[simplex_of]
         self._weight = torch.cat(weights)
-        self._neighbours = [_neighbours(vertices, self._packing, axis, dims) for axis in range(dims + 1)]
+        self._neighbours = [_neighbours(vertices, units, axis) for axis in range(dims + 1)]
         self.vertex_count = int(vertices.numel())
         self._alpha = 1.0 / (1.0 + 2.0 ** (-dims))
 
@@ -177,15 +176,9 @@ class _SimplexCode:
         return remainder0, rank
 
 
-class _Packing:
-    """d small signed coordinates in one int64: ``sum((x_i - low) << (bits * i))``."""
-
-    def __init__(self, low: int, bits: int, dims: int):
-        self.low, self.bits = low, bits
-        self.unit = [1 << (bits * i) for i in range(dims)]
-
-
-def _pack(keys: torch.Tensor) -> tuple[torch.Tensor, _Packing]:
+def _pack(keys: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """d small signed coordinates in one int64, ``sum((x_i - low) << (bits * i))``, and the packed unit
+    step of each coordinate (``1 << (bits * i)``)."""
     dims = keys.shape[1]
     bits = 62 // dims
     margin = dims + 1  # a neighbour is at most d + 1 away along any coordinate
@@ -193,11 +186,10 @@ def _pack(keys: torch.Tensor) -> tuple[torch.Tensor, _Packing]:
     if high - low >= 1 << bits:
         raise ValueError(f"features span {high - low} lattice steps, more than the {1 << bits} that "
                          f"{dims} dimensions can pack; use wider kernels or a smaller image")  # fmt: skip
-    packing = _Packing(low, bits, dims)
     packed = torch.zeros(keys.shape[0], dtype=torch.int64, device=keys.device)
     for i in range(dims):
         packed += (keys[:, i] - low) << (bits * i)
-    return packed, packing
+    return packed, [1 << (bits * i) for i in range(dims)]
 
 
 def _unique(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,14 +200,15 @@ def _unique(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.unique(packed, sorted=True, return_inverse=True)
 
 
-def _neighbours(vertices: torch.Tensor, packing: _Packing, axis: int, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _neighbours(vertices: torch.Tensor, units: list[int], axis: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Slot indices (with slot 0 = missing) of each vertex's two neighbours along lattice ``axis``.
 
     Along axis j < d the neighbours are key + 1 with coordinate j at key - d, and key - 1 with j at
     key + d; along the last axis (whose coordinate is implied), key + 1 and key - 1 everywhere.
     """
-    ones = sum(packing.unit)
-    step = ones - (dims + 1) * packing.unit[axis] if axis < dims else ones
+    dims = len(units)
+    ones = sum(units)
+    step = ones - (dims + 1) * units[axis] if axis < dims else ones
     found = [_find(vertices, vertices + step), _find(vertices, vertices - step)]
     zero = torch.zeros(1, dtype=torch.int64, device=vertices.device)
     return tuple(torch.cat([zero, slots]) for slots in found)  # type: ignore[return-value]

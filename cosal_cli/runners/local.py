@@ -21,7 +21,7 @@ from cosal_cli.inference import decode_group
 from cosal_cli.io import Discovery, Group, ImageFile, Problem, write_map
 from cosal_cli.methods.loader import load_method, resolve_device
 from cosal_cli.methods.options import MethodOptions
-from cosal_cli.refine import check_refiner, load_refiner
+from cosal_cli.refine import check_refiners, load_refiner
 from cosal_cli.runners.group import GroupOutcome, internal_error_problems, process_group
 from cosal_cli.runners.summary import GroupReport, Reporter, Summary
 
@@ -51,8 +51,7 @@ def run(
         raise UsageError(f"existing-output policy must be one of {EXISTING_POLICIES}")
     started = time.perf_counter()
     refiner_names = methods.refiners_for(method_name, refine)
-    for name in refiner_names:  # an unknown name fails before any file
-        check_refiner(name)
+    check_refiners(refiner_names)  # an unknown name fails before any file
     device = resolve_device(device_spec)
     refiners = [load_refiner(name, str(device)) for name in refiner_names]
     check_output_location(discovery, output_dir)
