@@ -122,6 +122,7 @@ class GroupMaps:
     refiners: Sequence[Refiner] = ()
     originals: list[np.ndarray] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)  # the method's remarks about this group
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -146,7 +147,7 @@ def infer(method: Method, decoded: DecodedGroup, sources: GroupImages | None = N
     tick = time.perf_counter()
     low_res = predict(method, decoded.pixels, sources)
     return GroupMaps(low_res, decoded.sizes, method.output_interpolation, refiners, decoded.originals,
-                     {"compute_s": time.perf_counter() - tick})  # fmt: skip
+                     {"compute_s": time.perf_counter() - tick}, method.group_notices(len(decoded.sizes)))  # fmt: skip
 
 
 def sources_of(group: Group, images: Sequence[ImageFile]) -> GroupImages:

@@ -38,6 +38,15 @@ def write_toy(base: Path, groups: str = "abc", per_group: int = 4) -> dict[str, 
     return {"data": base / "toy", "split": split}
 
 
+def toy_group(data: Path, group: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A toy group's images (k, 3, 64, 64) in [0, 1] and their masks (k, 64, 64) as booleans."""
+    pictures = sorted((data / "Image" / group).glob("*.jpg"))
+    images = torch.stack([torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1).float() / 255 for p in pictures])
+    masks = torch.stack([torch.from_numpy(np.array(Image.open(p))) > 127
+                         for p in sorted((data / "GroundTruth" / group).glob("*.png"))])  # fmt: skip
+    return images, masks
+
+
 # ----------------------------------------------------------------------------------------------
 # Cached batches, with an encoder that is a plain function (no weights needed)
 # ----------------------------------------------------------------------------------------------
@@ -262,10 +271,7 @@ def test_cosal_train_from_the_cache_trains_a_gicd_head_that_gicd_loads(tmp_path,
     losses = [np.mean(epoch) for epoch in recorder.epoch_losses]
     assert losses[-1] < losses[0], losses
     method = gicd.Method({"backbone": backbone, "head": output}, torch.device("cpu"))
-    pictures = sorted((toy["data"] / "Image" / "c").glob("*.jpg"))
-    images = torch.stack([torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1).float() / 255 for p in pictures])
-    masks = torch.stack([torch.from_numpy(np.array(Image.open(p))) > 127
-                         for p in sorted((toy["data"] / "GroundTruth" / "c").glob("*.png"))])  # fmt: skip
+    images, masks = toy_group(toy["data"], "c")
     maps = method.predict_group(images)
     assert maps[masks].mean() > maps[~masks].mean() + 0.2, (maps[masks].mean(), maps[~masks].mean())
     # the same command again reuses the cache (and refuses the finished run's checkpoint without --resume)

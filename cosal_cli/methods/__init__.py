@@ -69,6 +69,14 @@ CARDS: dict[str, MethodCard] = {
             builds_on=("admm", "label-smoothing", "crf"),
         ),
         MethodCard(
+            name="gwd",
+            paper="Wei, Zhao, Bourahla, Li, Wu. Group-wise Deep Co-saliency Detection. IJCAI 2017; cosal's "
+            "weights: frozen VGG-16, group-wise head trained with `cosal train` (anchor + 4 nearest neighbours)",
+            summary="five images in, five maps out: their VGG-16 features concatenated into a group feature and "
+            "joined with each image's own; any group size through 5-image subsets covering each image 3 times",
+            module="cosal_cli.methods.gwd",
+        ),
+        MethodCard(
             name="gicd",
             paper="Zhang, Jin, Xu, Cheng. Gradient-Induced Co-Saliency Detection. ECCV 2020; cosal's weights: "
             "EfficientNet-Lite0 co-classifier and encoder, ARM decoder trained with `cosal train` (jigsaw composites)",

@@ -68,6 +68,10 @@ class Method(ABC):
         when the images come from elsewhere (training, validation).
         """
 
+    def group_notices(self, count: int) -> list[str]:
+        """Remarks about running on a group of ``count`` images (GWD pads groups smaller than five)."""
+        return []
+
 
 class TrainableMethod(Method):
     """A method with a head that ``cosal train`` learns on top of a frozen, shared backbone.

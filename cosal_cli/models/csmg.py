@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cosal_cli.models.heads import FrozenBackboneNetwork
+from cosal_cli.models.heads import FrozenBackboneNetwork, bilinear_kernel
 from cosal_cli.models.vgg import VGG16Features, imagenet_normalise
 
 BRANCHES = ("pool3", "pool5")
@@ -48,7 +48,7 @@ class CsmgHead(nn.Module):
         self.upsample = nn.ConvTranspose2d(1, 1, kernel_size=64, stride=32, padding=16, bias=False)
         self.dropout = nn.Dropout2d(dropout)
         with torch.no_grad():
-            self.upsample.weight.copy_(_bilinear_kernel(64))
+            self.upsample.weight.copy_(bilinear_kernel(64))
 
     def forward(self, fused: torch.Tensor) -> torch.Tensor:
         x = self.dropout(F.relu(self.conv6(fused)))
@@ -143,10 +143,3 @@ class MaskGuidedFcn(FrozenBackboneNetwork):
                 maps.append(torch.sigmoid(self.decode(branches, images.shape[-2:]))[:, 0])
         return torch.cat(maps), features.cpu()
 
-
-def _bilinear_kernel(size: int) -> torch.Tensor:
-    """FCN's bilinear upsampling filter (1, 1, size, size) for a ConvTranspose2d of stride size/2."""
-    factor = (size + 1) // 2
-    centre = factor - 1 if size % 2 == 1 else factor - 0.5
-    ramp = 1 - (torch.arange(size, dtype=torch.float32) - centre).abs() / factor
-    return (ramp[:, None] * ramp[None, :])[None, None]

@@ -96,3 +96,11 @@ class FrozenBackboneNetwork(nn.Module):
         for name in self._frozen:
             getattr(self, name).eval()
         return self
+
+
+def bilinear_kernel(size: int) -> torch.Tensor:
+    """FCN's bilinear upsampling filter (1, 1, size, size) for a ConvTranspose2d of stride size/2."""
+    factor = (size + 1) // 2
+    centre = factor - 1 if size % 2 == 1 else factor - 0.5
+    ramp = 1 - (torch.arange(size, dtype=torch.float32) - centre).abs() / factor
+    return (ramp[:, None] * ramp[None, :])[None, None]

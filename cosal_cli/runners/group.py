@@ -43,6 +43,7 @@ def process_group(method: Method, refiners: Sequence[Refiner], group: Group, dec
     try:
         outcome.maps = infer(method, decoded, sources_of(group, decoded.images), refiners)
         outcome.timings.update(outcome.maps.seconds)
+        outcome.notices += [f"{group.name}: {note}" for note in outcome.maps.notices]
     except (InputError, torch.OutOfMemoryError) as exc:  # the group's inputs or its size, not a bug
         hint = "; lower --batch-size (or use --subgroup where the method takes it)" if isinstance(
             exc, torch.OutOfMemoryError) else ""  # fmt: skip

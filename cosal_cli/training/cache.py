@@ -36,11 +36,13 @@ import torch
 from cosal_cli.errors import UsageError
 from cosal_cli.io import atomic_output
 from cosal_cli.training.losses import deep_supervision
+from cosal_cli.training.neighbours import neighbour_batches
 from cosal_cli.training.sampler import (
     ImageStore,
     SamplerSettings,
     TrainImage,
     by_group,
+    epoch_batches,
     make_batch,
     render_view,
 )
@@ -50,12 +52,24 @@ RENDER_CHUNK = 4  # views per encoder pass: measured 2-3x faster per image on CP
 _VIEW_STREAM = 7919  # keeps the views' random streams apart from the batches' ([seed, epoch, batch])
 
 
+def check_network(network, method: str, settings: SamplerSettings, cache_views: int) -> None:
+    """Usage errors for training options the network cannot serve."""
+    if getattr(network, "neighbour_sub_group", 0) and not cache_views:
+        raise UsageError(f"{method} picks its training sub-groups by neighbours among cached descriptors: "
+                         "add --cache-views 1")  # fmt: skip
+    if settings.collaborative_fraction > 0 and not hasattr(network, "consensus_from_cache"):
+        raise UsageError(f"--collaborative-fraction: {method} has no group consensus to exchange; drop it")
+
+
 class ImageBatches:
     """Batches decoded and augmented on the fly; the frozen encoder runs at every step."""
 
     def __init__(self, settings: SamplerSettings, train: Sequence[TrainImage], device: torch.device, autocast):
         self.settings, self.train, self.device, self.autocast = settings, train, device, autocast
         self.store = ImageStore(short_side=2 * settings.size)
+
+    def epoch_batches(self, epoch: int) -> list[list[TrainImage]]:
+        return epoch_batches(by_group(self.train), self.settings, epoch)
 
     def loss(self, network, batch: Sequence[TrainImage], epoch: int, index: int, loss_name: str) -> torch.Tensor:
         images, targets = make_batch(batch, self.store, self.settings, epoch, index, self.train)
@@ -67,10 +81,20 @@ class ImageBatches:
 class CachedBatches:
     """Batches of cached views; only the head runs. See the module docstring."""
 
-    def __init__(self, cache: FeatureCache, settings: SamplerSettings, device: torch.device, autocast):
+    def __init__(self, cache: FeatureCache, settings: SamplerSettings, device: torch.device, autocast,
+                 neighbours: int = 0):  # fmt: skip
         self.cache, self.settings, self.device, self.autocast = cache, settings, device, autocast
         self.row_of = {item.image: row for row, item in enumerate(cache.images)}
         self.groups = by_group(cache.images)
+        self.neighbours = neighbours  # > 0: sub-groups of that size, an anchor and its nearest neighbours (GWD)
+
+    def epoch_batches(self, epoch: int) -> list[list[TrainImage]]:
+        if not self.neighbours:
+            return epoch_batches(self.groups, self.settings, epoch)
+        descriptors = self.cache.arrays["descriptor"]  # of each image's first view
+        by_key = {key: torch.from_numpy(descriptors[[self.row_of[item.image] * self.cache.views for item in items]]
+                                        .astype(np.float32)) for key, items in self.groups.items()}  # fmt: skip
+        return neighbour_batches(self.groups, by_key, self.neighbours, self.settings.seed, epoch)
 
     def loss(self, network, batch: Sequence[TrainImage], epoch: int, index: int, loss_name: str) -> torch.Tensor:
         rng = np.random.default_rng([self.settings.seed, epoch, index])

@@ -37,7 +37,7 @@ from cosal_cli.models.heads import load_tensors, save_head, save_tensors
 from cosal_cli.splits import Split
 from cosal_cli.training import cache
 from cosal_cli.training.losses import LOSSES
-from cosal_cli.training.sampler import SamplerSettings, TrainImage, by_group, epoch_batches
+from cosal_cli.training.sampler import SamplerSettings, TrainImage, by_group
 
 CHECKPOINT_FORMAT = "cosal-train-checkpoint/1"
 #: Held-out metrics reported after each epoch; the first one picks the head that is kept.
@@ -183,13 +183,12 @@ def train(settings: TrainSettings, reporter: TrainReporter) -> dict[str, Any]:
     optimiser = torch.optim.Adam(head, lr=settings.lr, weight_decay=method_class.weight_decay)
     state = _start_state(settings, network, optimiser, reporter)
 
-    groups = by_group(data.train)
     validator = _Validator(method_class, data.held_out, device)
-    schedule = [epoch_batches(groups, settings.sampler, epoch) for epoch in range(settings.epochs)]
-    total_steps = sum(len(batches) for batches in schedule)
-    started = time.perf_counter() - state.seconds
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     source = _batch_source(settings, network, data.train, backbone, device, autocast, reporter)
+    schedule = [source.epoch_batches(epoch) for epoch in range(settings.epochs)]
+    total_steps = sum(len(batches) for batches in schedule)
+    started = time.perf_counter() - state.seconds
     try:
         while state.epoch < settings.epochs:
             batches = schedule[state.epoch]
@@ -288,13 +287,14 @@ def _check_settings(method_class: type[TrainableMethod], settings: TrainSettings
 
 def _batch_source(settings: TrainSettings, network, train_images, backbone, device, autocast, reporter):
     """Where the batches' losses come from: images augmented on the fly, or the feature cache."""
+    cache.check_network(network, settings.method, settings.sampler, settings.cache_views)
     if not settings.cache_views:
         return cache.ImageBatches(settings.sampler, train_images, device, autocast)
     identity = cache.fingerprint(train_images, settings.cache_views, settings.sampler, settings.method, backbone.sha256)
     features = cache.open_or_build(
         settings.cache_folder, network, train_images, settings.cache_views, settings.sampler, identity, reporter.notice
     )
-    return cache.CachedBatches(features, settings.sampler, device, autocast)
+    return cache.CachedBatches(features, settings.sampler, device, autocast, getattr(network, "neighbour_sub_group", 0))
 
 
 def _step(optimiser: torch.optim.Optimizer, loss: torch.Tensor) -> float:

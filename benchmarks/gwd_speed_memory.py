@@ -1,0 +1,49 @@
+"""GWD speed (a 20-image group, next to sod on the same frozen VGG-16) and peak memory (up to 300 images).
+
+    python benchmarks/gwd_speed_memory.py [--speed-size 20] [--memory-sizes 20 100 300] [--device cpu]
+
+Groups are made from the committed example images, copied to the size wanted; weights must be cached
+(`cosal weights pull gwd sod`). Prints the network images/s of ``predict_group`` on one decoded group
+(median of --repeats) and the end-to-end images/s of `cosal detect --json` for `gwd` and for `sod`
+(one VGG-16 pass per image, no group), their ratio, GWD's head passes per image (its covering design),
+then the peak resident memory of `cosal detect --method gwd` per group size. GWD keeps every image's
+relu5_3 (512 x 14 x 14 floats, 0.4 MB) for the whole group, so memory grows linearly with the group.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from csmg_speed_memory import network_rate  # beside this script: its folder is on sys.path
+from gicd_speed_memory import detect, example_batch, make_group, parse_arguments, print_peak_memory
+
+
+def main() -> None:
+    from cosal_cli.models.gwd import GROUP_SIZE, covering_subsets
+
+    args = parse_arguments(__doc__)
+    device = torch.device(args.device)
+    batch = example_batch(args.speed_size, device)
+    passes = len(covering_subsets([str(index) for index in range(args.speed_size)])) * GROUP_SIZE / args.speed_size
+    print(f"gwd head passes per image for {args.speed_size} images: {passes:.2f} (backbone: 1)")
+    print(f"\n{args.speed_size}-image group {'network img/s':>14} {'detect img/s':>13}")
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        group = make_group(Path(tmp) / "group", args.speed_size)
+        for name in ("gwd", "sod"):
+            rate = network_rate(name, (), batch, device, args.repeats)
+            result = subprocess.run(detect(group, Path(tmp) / name, name, args.device), capture_output=True,
+                                    text=True, check=True)  # fmt: skip
+            rates[name] = (rate, json.loads(result.stdout)["images_per_second"])
+            print(f"{name:<14} {rate:>14.2f} {rates[name][1]:>13.2f}")
+    (gwd_network, gwd_detect), (sod_network, sod_detect) = rates["gwd"], rates["sod"]
+    print(f"gwd / sod: network {gwd_network / sod_network:.2f}x, detect {gwd_detect / sod_detect:.2f}x")
+    print_peak_memory("gwd", args.memory_sizes, args.device)
+
+
+if __name__ == "__main__":
+    main()

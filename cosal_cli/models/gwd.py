@@ -1,0 +1,192 @@
+"""GWD's group-wise FCN (Wei, Zhao, Bourahla, Li, Wu, IJCAI 2017, section 2) on a frozen ImageNet VGG-16.
+
+Five images go in together and five maps come out:
+
+* **semantic block** (eq. 3): VGG-16's 13 convolutions, shared by the five images: relu5_3 ``s_i``
+  at 1/16 of the input;
+* **group saliency block** (eq. 4): the five ``s_i`` concatenated along channels, then 3 convolutions
+  (the first 1 x 1, to keep the 2,560-channel input small, then two 3 x 3): the group feature ``X``;
+* **single-image block** (eq. 5): 3 convolutions (3 x 3) on each ``s_i`` alone: ``x_i``;
+* **collaborative learning** (eq. 6): each ``x_i`` concatenated with ``X``, a 3 x 3 convolution, a 1 x 1
+  score to one channel and a learned deconvolution (x16, initialised bilinear) to the input size;
+  the sigmoid is the map. The loss is squared L2 (eq. 7).
+
+The paper fine-tunes everything from a saliency VGG-16; here VGG-16 stays frozen, shared with the
+other cosal methods, and the blocks above it (the head) are what ``cosal train`` learns: fine-tuning
+in spirit, on cosal's frozen backbone.
+
+The concatenation makes the output depend on the order of the five; :func:`covering_subsets` orders
+every subset by the images' content, so a group's maps do not depend on the order it came in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cosal_cli.models.heads import FrozenBackboneNetwork, bilinear_kernel
+from cosal_cli.models.vgg import VGG16Features, imagenet_normalise
+
+GROUP_SIZE = 5  # the paper's K
+COVER = 3  # every image of a group of 5 or more is predicted in at least this many subsets
+DEFAULT_CONFIG: dict[str, Any] = {"channels": 128}
+TO_RELU5_3 = slice(0, 30)  # ``VGG16Features.features``: conv1_1 .. relu5_3, the 13 convolutions
+LAB_BINS = (4, 6, 6)  # L, a, b bins of the colour histogram in the global descriptor
+FOREGROUND_PRIOR = 0.2  # the share of a map the head predicts as salient before training
+FEATURE_SCALE = 1 / 8  # relu5_3 has a standard deviation of about 8 (up to ~400): brought near 1 for the head
+
+
+def _conv(inputs: int, outputs: int, kernel: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(inputs, outputs, kernel, padding=kernel // 2), nn.ReLU(inplace=True))
+
+
+class GwdHead(nn.Module):
+    """The group saliency, single-image and collaborative blocks (eqs. 4-6)."""
+
+    def __init__(self, channels: int = 128):
+        super().__init__()
+        self.group = nn.Sequential(_conv(GROUP_SIZE * 512, channels, 1), _conv(channels, channels),
+                                   _conv(channels, channels))  # fmt: skip
+        self.single = nn.Sequential(_conv(512, channels), _conv(channels, channels), _conv(channels, channels))
+        self.collaborative = _conv(2 * channels, channels)
+        self.score = nn.Conv2d(channels, 1, kernel_size=1)
+        self.upsample = nn.ConvTranspose2d(1, 1, kernel_size=32, stride=16, padding=8, bias=False)
+        with torch.no_grad():
+            self.upsample.weight.copy_(bilinear_kernel(32))
+            # Maps start at the usual foreground share, not 0.5: from 0.5, the squared L2 of a sigmoid first
+            # drives every pixel to 0 and the sigmoid saturates there before the object is learned.
+            self.score.bias.fill_(math.log(FOREGROUND_PRIOR / (1 - FOREGROUND_PRIOR)))
+
+    def group_feature(self, semantic: torch.Tensor) -> torch.Tensor:
+        """(B, 5, 512, h, w) relu5_3 of B subsets to their group features X (B, C, h, w)."""
+        return self.group(semantic.flatten(1, 2))
+
+    def collaborate(self, single: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        """Single-image features (B, 5, C, h, w) and group features (B, C, h, w) to logits (B * 5, 1, H, W)."""
+        joined = torch.cat([single, group[:, None].expand_as(single)], dim=2).flatten(0, 1)
+        return self.upsample(self.score(self.collaborative(joined)))
+
+
+class GroupWiseFcn(FrozenBackboneNetwork):
+    """Frozen VGG-16 + the trainable :class:`GwdHead`; see the module docstring."""
+
+    #: Training sub-groups are an anchor and its 4 nearest neighbours (:mod:`cosal_cli.training.neighbours`).
+    neighbour_sub_group = GROUP_SIZE
+
+    def __init__(self, backbone: VGG16Features, config: Mapping[str, Any] | None = None):
+        super().__init__(config, DEFAULT_CONFIG)
+        self.freeze("backbone", backbone)
+        self.head = GwdHead(int(self.config["channels"]))
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The semantic block: relu5_3 (k, 512, S/16, S/16) of (k, 3, S, S) images in [0, 1]."""
+        return self.backbone.features[TO_RELU5_3](imagenet_normalise(images))
+
+    def decode(self, semantic: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """Logits (5, 1, S, S) of one sub-group of exactly five from its relu5_3 (5, 512, h, w)."""
+        if semantic.shape[0] != GROUP_SIZE:
+            raise ValueError(f"GWD takes sub-groups of exactly {GROUP_SIZE} images, not {semantic.shape[0]}")
+        semantic = semantic.float() * FEATURE_SCALE
+        single = self.head.single(semantic)[None]
+        return _to_size(self.head.collaborate(single, self.head.group_feature(semantic[None])), size)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad():
+            semantic = self.encode(images)
+        return [self.decode(semantic, images.shape[-2:])]
+
+    def encode_for_cache(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """relu5_3, and the global descriptor that picks the training sub-groups' neighbours."""
+        semantic = self.encode(images)
+        return {"relu5_3": semantic, "descriptor": global_descriptor(semantic, images)}
+
+    def forward_from_cache(self, cached: Mapping[str, torch.Tensor], size: Sequence[int]) -> list[torch.Tensor]:
+        return [self.decode(cached["relu5_3"], size)]
+
+    def predict_group(self, images: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Maps (N, S, S) in [0, 1] of a group of any size N >= 1 (see :func:`covering_subsets`).
+
+        The backbone and the single-image block run once per image; only the group and collaborative
+        blocks run per subset, ``chunk`` subsets at a time.
+        """
+        with torch.no_grad():
+            semantic = torch.cat([self.encode(part) for part in images.split(chunk)]) * FEATURE_SCALE
+            single = torch.cat([self.head.single(part) for part in semantic.split(chunk)])
+            subsets = torch.tensor(covering_subsets(content_keys(images)), device=images.device)
+            total = torch.zeros(images.shape[0], *images.shape[-2:], device=images.device)
+            count = torch.zeros(images.shape[0], device=images.device)
+            for part in subsets.split(chunk):
+                group = self.head.group_feature(semantic[part])
+                logits = _to_size(self.head.collaborate(single[part], group), images.shape[-2:])
+                total.index_add_(0, part.flatten(), torch.sigmoid(logits[:, 0]))
+                count.index_add_(0, part.flatten(), torch.ones(part.numel(), device=images.device))
+        return total / count[:, None, None]
+
+
+def content_keys(images: torch.Tensor) -> list[str]:
+    """A hash of each image's 8-bit pixels: what orders the subsets, whatever order the group came in."""
+    pixels = (images.detach() * 255.0).round().to(torch.uint8).cpu().numpy()
+    return [hashlib.sha256(image.tobytes()).hexdigest() for image in pixels]
+
+
+def covering_subsets(keys: Sequence[str], size: int = GROUP_SIZE, cover: int = COVER) -> list[list[int]]:
+    """Subsets of ``size`` image indices in which every image appears at least ``cover`` times.
+
+    ``cover`` rounds, each a shuffle of the group cut into blocks of ``size`` (the last block filled
+    up with other images from the start of that round's shuffle): ``cover * ceil(N / size)`` subsets,
+    so about ``cover`` head passes per image (3 to 3.6 for N >= 5). The shuffles are seeded by the
+    sorted content keys and every subset is sorted by key, so the subsets depend on what the images
+    are, not on their order. A group of fewer than ``size`` images is one subset, its images
+    repeated (in key order) to fill it.
+    """
+    order = sorted(range(len(keys)), key=lambda index: (keys[index], index))
+    if len(order) < size:
+        return [[order[position % len(order)] for position in range(size)]]
+    seed = int.from_bytes(hashlib.sha256("".join(sorted(keys)).encode()).digest()[:8], "little")
+    rng = np.random.default_rng(seed)
+    rank = {index: position for position, index in enumerate(order)}
+    subsets = []
+    for _ in range(cover):
+        shuffled = [order[position] for position in rng.permutation(len(order))]
+        for start in range(0, len(shuffled), size):
+            block = shuffled[start : start + size]
+            block += [index for index in shuffled if index not in block][: size - len(block)]
+            subsets.append(sorted(block, key=rank.__getitem__))
+    return subsets
+
+
+def global_descriptor(semantic: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """(k, 512 + 144): relu5_3 averaged over space and a CIELab colour histogram, each L2-normalised.
+
+    GWD picks the 4 most similar images with GIST and Lab histograms (after Siva et al. 2013); the
+    pooled backbone feature stands in for GIST (a global description of the scene's layout and content).
+    """
+    pooled = F.normalize(semantic.float().mean(dim=(2, 3)), dim=1)
+    return torch.cat([pooled, F.normalize(lab_histogram(images).sqrt(), dim=1)], dim=1)
+
+
+def lab_histogram(images: torch.Tensor) -> torch.Tensor:
+    """(k, 3, H, W) RGB in [0, 1] to (k, 4 * 6 * 6) joint CIELab histograms that sum to 1."""
+    from skimage.color import rgb2lab
+
+    lab = torch.from_numpy(rgb2lab(images.detach().float().cpu().permute(0, 2, 3, 1).numpy(), channel_axis=-1))
+    ranges = ((0.0, 100.0), (-80.0, 80.0), (-80.0, 80.0))
+    index = torch.zeros(lab.shape[:3], dtype=torch.int64)
+    for channel, (bins, (low, high)) in enumerate(zip(LAB_BINS, ranges)):
+        cell = ((lab[..., channel] - low) / (high - low) * bins).long().clamp_(0, bins - 1)
+        index = index * bins + cell
+    counts = torch.stack([torch.bincount(row.flatten(), minlength=int(np.prod(LAB_BINS))) for row in index])
+    return (counts.float() / counts.sum(dim=1, keepdim=True)).to(images.device)
+
+
+def _to_size(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    if logits.shape[-2:] != tuple(size):  # inputs that are not a multiple of 16
+        logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+    return logits
