@@ -125,6 +125,20 @@ def test_torch_crf_agrees_with_pydensecrf2(path):
     assert np.abs(ours[1] - reference[1]).mean() <= 0.02
 
 
+def test_the_lattice_paths_cuda_takes_give_the_same_crf_on_the_cpu(monkeypatch):
+    """CUDA numbers vertices with ``torch.unique`` and runs all points in one chunk; the CPU uses numpy's
+    unique and cache-sized chunks. Forcing the CUDA choices on the CPU must not change the result."""
+    from cosal_cli.refine import lattice
+
+    image, saliency, _ = noisy_disc(96, 128)
+    unary = unary_from_map(saliency)
+    usual = dense_crf(unary, image, backend="torch")
+    monkeypatch.setattr(lattice, "CPU_CHUNK", 1 << 40)
+    monkeypatch.setattr(lattice, "_unique", lambda packed: torch.unique(packed, sorted=True, return_inverse=True))
+    generic = dense_crf(unary, image, backend="torch")
+    np.testing.assert_array_equal(generic, usual)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_torch_crf_on_cuda_matches_cpu():
     image, saliency, _ = noisy_disc(96, 128)
