@@ -13,6 +13,7 @@ to a PNG, before the PNG's rounding to 8 bits. An item that cannot be used raise
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,8 @@ class Detector:
         decoded = inference.prepare_images(images, list(range(len(images))), self.input_size,
                                            keep_originals=bool(self.refiners))  # fmt: skip
         maps = inference.infer(self._method, decoded, GroupImages(name, stems), self.refiners)
+        for note in maps.notices:  # what the command line prints as a notice (gwd's padding of small groups)
+            warnings.warn(f"{name}: {note}", UserWarning, stacklevel=2)
         return [maps.full(index) for index in range(len(maps))]
 
     def __repr__(self) -> str:

@@ -6,6 +6,8 @@ pulled (the two official methods need the user's own import and are tested with 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
@@ -126,3 +128,16 @@ def test_every_method_class_takes_the_options_its_card_declares():
 
     for name, card in methods.CARDS.items():
         assert methods.method_class(name).options_class is card.options, name
+
+
+def test_a_methods_notices_about_a_group_are_warnings(fake_method, monkeypatch):
+    from .conftest import BrightnessMethod
+
+    monkeypatch.setattr(BrightnessMethod, "group_notices", lambda self, count: ["padded"] if count < 3 else [])
+    detector = cosal_cli.load("test-brightness", device="cpu", offline=True)
+    picture = np.zeros((8, 8, 3), np.uint8)
+    with pytest.warns(UserWarning, match="^pair: padded$"):
+        detector.predict([picture, picture], name="pair")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(detector.predict([picture] * 3)) == 3
