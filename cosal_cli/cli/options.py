@@ -10,12 +10,11 @@ import typer
 
 from cosal_cli import methods
 from cosal_cli.errors import UsageError
-from cosal_cli.methods.options import CsmgOptions, OutsiderOptions, SismOptions
 from cosal_cli.refine import REFINERS
 
 
 def _method_help(name: str) -> str:
-    declaring = next(options for options in (SismOptions, OutsiderOptions, CsmgOptions) if name in options.declared())
+    declaring = next(card.options for card in methods.CARDS.values() if name in card.options.declared())
     flag = declaring.declared()[name]
     return f"{declaring.help_of(name)}. Methods: {', '.join(methods.takers(flag))}."
 

@@ -16,7 +16,7 @@ from cosal_cli.cli.console import (
     stdout,
 )
 from cosal_cli.errors import UsageError
-from cosal_cli.methods.options import CSMG_BRANCHES
+from cosal_cli.methods.options import CSMG_BRANCHES, check_choice
 
 TRAIN_EPILOG = (
     "Exit codes: 0 trained, 2 usage error (bad data, split or options; a checkpoint from an earlier run "
@@ -141,9 +141,7 @@ def _config(sism: str | None, branches: str | None) -> dict:
     if sism is not None:
         config["sism"] = sism
     if branches is not None:
-        if branches not in CSMG_BRANCHES:
-            raise UsageError(f"--branches must be {', '.join(CSMG_BRANCHES[:-1])} or {CSMG_BRANCHES[-1]}, "
-                             f"not {branches!r}")
+        check_choice("--branches", branches, CSMG_BRANCHES)
         config["branches"] = ["pool3", "pool5"] if branches == "both" else [branches]
     return config
 

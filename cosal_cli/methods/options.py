@@ -20,6 +20,13 @@ def option(flag: str, help: str) -> Any:
     return field(default=None, metadata={"flag": flag, "help": help})
 
 
+def check_choice(flag: str, value: str | None, allowed: tuple[str, ...]) -> None:
+    """A usage error unless ``value`` (of ``flag``) is None (the default) or one of ``allowed``."""
+    if value is not None and value not in allowed:
+        choices = f"{', '.join(allowed[:-1])} or {allowed[-1]}"
+        raise UsageError(f"{flag} must be {choices}, not {value!r}")
+
+
 @dataclass(frozen=True)
 class MethodOptions:
     """Options every method takes; a method with its own options subclasses this."""
@@ -92,8 +99,7 @@ class OutsiderOptions(MethodOptions):
                                    "its map as if it belonged")  # fmt: skip
 
     def __post_init__(self) -> None:
-        if self.outsiders is not None and self.outsiders not in OUTSIDER_HANDLING:
-            raise UsageError(f"--outsiders must be {' or '.join(OUTSIDER_HANDLING)}, not {self.outsiders!r}")
+        check_choice("--outsiders", self.outsiders, OUTSIDER_HANDLING)
 
     @property
     def dim_outsiders(self) -> bool:
@@ -124,10 +130,9 @@ class CsmgOptions(MethodOptions):
     scales: str | None = option("--scales", "multi (default) or single: the SLIC scales of the label smoothing")
 
     def __post_init__(self) -> None:
-        for name, allowed in (("smoothing", ("on", "off")), ("branches", CSMG_BRANCHES), ("scales", CSMG_SCALES)):
-            value = getattr(self, name)
-            if value is not None and value not in allowed:
-                raise UsageError(f"--{name} must be {' or '.join(allowed)}, not {value!r}")
+        check_choice("--smoothing", self.smoothing, ("on", "off"))
+        check_choice("--branches", self.branches, CSMG_BRANCHES)
+        check_choice("--scales", self.scales, CSMG_SCALES)
 
     @property
     def smooth(self) -> bool:

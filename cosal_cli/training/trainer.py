@@ -255,11 +255,11 @@ def trainable_method(name: str) -> type[TrainableMethod]:
 
 
 def _check_settings(method_class: type[TrainableMethod], settings: TrainSettings) -> None:
+    declared = methods.card(settings.method).options.declared()
     if settings.config.get("sism") is not None:
-        if "sism" not in methods.card(settings.method).options.declared():
+        if "sism" not in declared:
             raise UsageError(f"--sism does not apply to method {settings.method!r}: it uses no SISMs")
         methods.check_sism_generator(settings.config["sism"])
-    declared = methods.card(settings.method).options.declared()
     if settings.config.get("branches") is not None and "branches" not in declared:
         raise UsageError(f"--branches does not apply to method {settings.method!r}: it has no masked branches")
     if settings.sampler.outsider_fraction > 0 and not method_class.group_context:
