@@ -117,7 +117,8 @@ def test_each_training_image_anchors_one_sub_group_of_its_neighbours_per_epoch()
               for key, count in (("a", 9), ("b", 3))}  # fmt: skip
     descriptors = {key: torch.randn(len(items), 4, generator=torch.Generator().manual_seed(len(items)))
                    for key, items in groups.items()}  # fmt: skip
-    batches = neighbour_batches(groups, descriptors, 5, seed=0, epoch=0)
+    nearest = {key: nearest_neighbours(values, 4).tolist() for key, values in descriptors.items()}
+    batches = neighbour_batches(groups, nearest, seed=0, epoch=0)
     assert len(batches) == 12 and all(len(batch) == 5 for batch in batches)
     assert all(len({item.group for item in batch}) == 1 for batch in batches)
     for key, items in groups.items():  # each anchor's batch is it and its 4 nearest
@@ -126,8 +127,8 @@ def test_each_training_image_anchors_one_sub_group_of_its_neighbours_per_epoch()
         found = Counter(tuple(sorted(items.index(item) for item in batch)) for batch in batches
                         if batch[0].group == key)  # fmt: skip
         assert found == expected
-    assert neighbour_batches(groups, descriptors, 5, seed=0, epoch=0) == batches
-    assert neighbour_batches(groups, descriptors, 5, seed=0, epoch=1) != batches
+    assert neighbour_batches(groups, nearest, seed=0, epoch=0) == batches
+    assert neighbour_batches(groups, nearest, seed=0, epoch=1) != batches
 
 
 def test_the_global_descriptor_tells_colours_and_content_apart():

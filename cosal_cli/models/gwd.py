@@ -93,9 +93,15 @@ class GroupWiseFcn(FrozenBackboneNetwork):
         """Logits (5, 1, S, S) of one sub-group of exactly five from its relu5_3 (5, 512, h, w)."""
         if semantic.shape[0] != GROUP_SIZE:
             raise ValueError(f"GWD takes sub-groups of exactly {GROUP_SIZE} images, not {semantic.shape[0]}")
-        semantic = semantic.float() * FEATURE_SCALE
-        single = self.head.single(semantic)[None]
-        return _to_size(self.head.collaborate(single, self.head.group_feature(semantic[None])), size)
+        scaled = semantic.float() * FEATURE_SCALE
+        everyone = torch.arange(GROUP_SIZE, device=semantic.device)[None]
+        return self._subset_logits(scaled, self.head.single(scaled), everyone, size)
+
+    def _subset_logits(self, scaled: torch.Tensor, single: torch.Tensor, subsets: torch.Tensor,
+                       size: Sequence[int]) -> torch.Tensor:  # fmt: skip
+        """Logits (B * 5, 1, S, S) of B subsets (B, 5) of images, from their scaled relu5_3 and single features."""
+        group = self.head.group_feature(scaled[subsets])
+        return _to_size(self.head.collaborate(single[subsets], group), size)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         with torch.no_grad():
@@ -117,16 +123,14 @@ class GroupWiseFcn(FrozenBackboneNetwork):
         blocks run per subset, ``chunk`` subsets at a time.
         """
         with torch.no_grad():
-            semantic = torch.cat([self.encode(part) for part in images.split(chunk)]) * FEATURE_SCALE
-            single = torch.cat([self.head.single(part) for part in semantic.split(chunk)])
+            scaled = torch.cat([self.encode(part) for part in images.split(chunk)]) * FEATURE_SCALE
+            single = torch.cat([self.head.single(part) for part in scaled.split(chunk)])
             subsets = torch.tensor(covering_subsets(content_keys(images)), device=images.device)
             total = torch.zeros(images.shape[0], *images.shape[-2:], device=images.device)
-            count = torch.zeros(images.shape[0], device=images.device)
             for part in subsets.split(chunk):
-                group = self.head.group_feature(semantic[part])
-                logits = _to_size(self.head.collaborate(single[part], group), images.shape[-2:])
+                logits = self._subset_logits(scaled, single, part, images.shape[-2:])
                 total.index_add_(0, part.flatten(), torch.sigmoid(logits[:, 0]))
-                count.index_add_(0, part.flatten(), torch.ones(part.numel(), device=images.device))
+            count = torch.bincount(subsets.flatten(), minlength=images.shape[0])
         return total / count[:, None, None]
 
 

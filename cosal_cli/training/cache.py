@@ -27,6 +27,7 @@ import json
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ import torch
 from cosal_cli.errors import UsageError
 from cosal_cli.io import atomic_output
 from cosal_cli.training.losses import deep_supervision
-from cosal_cli.training.neighbours import neighbour_batches
+from cosal_cli.training.neighbours import nearest_neighbours, neighbour_batches
 from cosal_cli.training.sampler import (
     ImageStore,
     SamplerSettings,
@@ -91,10 +92,17 @@ class CachedBatches:
     def epoch_batches(self, epoch: int) -> list[list[TrainImage]]:
         if not self.neighbours:
             return epoch_batches(self.groups, self.settings, epoch)
-        descriptors = self.cache.arrays["descriptor"]  # of each image's first view
-        by_key = {key: torch.from_numpy(descriptors[[self.row_of[item.image] * self.cache.views for item in items]]
-                                        .astype(np.float32)) for key, items in self.groups.items()}  # fmt: skip
-        return neighbour_batches(self.groups, by_key, self.neighbours, self.settings.seed, epoch)
+        return neighbour_batches(self.groups, self._nearest, self.settings.seed, epoch)
+
+    @cached_property
+    def _nearest(self) -> dict[str, list[list[int]]]:
+        """Each image's ``neighbours - 1`` nearest in its group, by the descriptor of its first cached view."""
+        descriptors, nearest = self.cache.arrays["descriptor"], {}
+        for key, items in self.groups.items():
+            rows = [self.row_of[item.image] * self.cache.views for item in items]
+            group = torch.from_numpy(descriptors[rows].astype(np.float32))
+            nearest[key] = nearest_neighbours(group, self.neighbours - 1).tolist()
+        return nearest
 
     def loss(self, network, batch: Sequence[TrainImage], epoch: int, index: int, loss_name: str) -> torch.Tensor:
         rng = np.random.default_rng([self.settings.seed, epoch, index])

@@ -38,18 +38,18 @@ def nearest_neighbours(descriptors: torch.Tensor, count: int) -> torch.Tensor:
 
 def neighbour_batches(
     groups: Mapping[str, Sequence[TrainImage]],
-    descriptors: Mapping[str, torch.Tensor],
-    size: int,
+    neighbours: Mapping[str, list[list[int]]],
     seed: int,
     epoch: int,
 ) -> list[list[TrainImage]]:
-    """One sub-group of ``size`` per training image (the anchor and its ``size - 1`` neighbours), shuffled."""
+    """One sub-group per training image, the anchor and its ``neighbours`` (indices within its group, as
+    :func:`nearest_neighbours` gives them once for every epoch), shuffled from (seed, epoch)."""
+    size = 1 + len(next(iter(neighbours.values()))[0])
     rng = np.random.default_rng([seed, epoch, size])
     batches = []
     for key in sorted(groups):
         items = list(groups[key])
-        neighbours = nearest_neighbours(descriptors[key], size - 1).tolist()
-        for anchor, others in enumerate(neighbours):
+        for anchor, others in enumerate(neighbours[key]):
             batch = [items[anchor], *(items[other] for other in others)]
             batches.append([batch[i] for i in rng.permutation(size)])
     return [batches[i] for i in rng.permutation(len(batches))]
