@@ -102,7 +102,7 @@ def main() -> None:
     for method in args.method:
         named, *refiners = method.split("+")  # "gicd+crf": gicd, then --refine crf
         base, *settings = named.split(",")  # "csmg,smoothing=off": csmg with --smoothing off
-        options = dict(setting.split("=", 1) for setting in settings)
+        options = {key.replace("-", "_"): value for key, value in (setting.split("=", 1) for setting in settings)}
         detector = cosal_cli.load(base, device="cpu", offline=True, refine=refiners, **options)
         for name, (groups, outsiders) in sets.items():
             if name not in wanted:

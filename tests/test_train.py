@@ -28,7 +28,7 @@ from cosal_cli.errors import UsageError
 from cosal_cli.methods import sod
 from cosal_cli.models.heads import HEAD_FORMAT, load_tensors, save_head, save_tensors
 from cosal_cli.splits import load_split, parse_split
-from cosal_cli.training import losses, trainer
+from cosal_cli.training import checkpoints, losses, trainer
 from cosal_cli.training.sampler import (
     ImageStore,
     SamplerSettings,
@@ -854,7 +854,7 @@ def test_an_interrupted_run_resumes_bit_identically(toy, uninterrupted, tmp_path
     with pytest.raises(KeyboardInterrupt):
         trainer.train(settings, recorder)
     saved = load_tensors(settings.checkpoint).metadata
-    assert saved["format"] == trainer.CHECKPOINT_FORMAT
+    assert saved["format"] == checkpoints.CHECKPOINT_FORMAT
     assert (saved["state"]["epoch"], saved["state"]["batch"], saved["state"]["step"]) == (1, 2, 6)
     assert saved["state"]["images"] == 12 and len(saved["state"]["history"]) == 1
     assert any("--resume" in notice for notice in recorder.notices)

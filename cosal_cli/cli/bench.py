@@ -23,8 +23,10 @@ from cosal_cli.cli.console import (
 from cosal_cli.cli.options import (
     BranchesOption,
     ChunkOption,
+    CoCategoryOption,
     DebugOption,
     OutsidersOption,
+    PoolingOption,
     RefineOption,
     ScalesOption,
     SismDirOption,
@@ -87,6 +89,8 @@ def bench(
     smoothing: SmoothingOption = None,
     branches: BranchesOption = None,
     scales: ScalesOption = None,
+    co_category: CoCategoryOption = None,
+    pooling: PoolingOption = None,
     chunk: ChunkOption = None,
     refine: RefineOption = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network for weights.")] = False,
@@ -111,7 +115,8 @@ def bench(
         methods.card(name)  # unknown names fail before any file is read
     notices: list[str] = []
     options = methods.split_options(method_names, method_values(sism, sism_dir, subgroup, chunk, notices, outsiders,
-                                              smoothing=smoothing, branches=branches, scales=scales))
+                                              smoothing=smoothing, branches=branches, scales=scales,
+                                              co_category=co_category, pooling=pooling))
     for message in notices:
         stderr.print(f"[yellow]warning:[/] {escape(message)}")
     for folder in pred or []:

@@ -19,9 +19,11 @@ from cosal_cli.cli.console import (
 from cosal_cli.cli.options import (
     BranchesOption,
     ChunkOption,
+    CoCategoryOption,
     DebugOption,
     LayoutOption,
     OutsidersOption,
+    PoolingOption,
     RefineOption,
     ScalesOption,
     SismDirOption,
@@ -64,6 +66,8 @@ def detect(
     smoothing: SmoothingOption = None,
     branches: BranchesOption = None,
     scales: ScalesOption = None,
+    co_category: CoCategoryOption = None,
+    pooling: PoolingOption = None,
     chunk: ChunkOption = None,
     refine: RefineOption = None,
     layout: LayoutOption = "auto",
@@ -81,7 +85,8 @@ def detect(
     method_name = method or methods.DEFAULT_METHOD
     notices: list[str] = []
     options = methods.options_for(method_name, method_values(sism, sism_dir, subgroup, chunk, notices, outsiders,
-                                              smoothing=smoothing, branches=branches, scales=scales))
+                                              smoothing=smoothing, branches=branches, scales=scales,
+                                              co_category=co_category, pooling=pooling))
     for message in notices:
         stderr.print(f"[yellow]warning:[/] {escape(message)}")
     discovery = io.discover(io.read_paths(paths), layout)

@@ -32,6 +32,12 @@ BranchesOption = Annotated[
     Optional[str], typer.Option("--branches", metavar="both|pool3|pool5", help=_method_help("branches"))
 ]
 ScalesOption = Annotated[Optional[str], typer.Option("--scales", metavar="multi|single", help=_method_help("scales"))]
+CoCategoryOption = Annotated[
+    Optional[str], typer.Option("--co-category", metavar="on|off", help=_method_help("co_category"))
+]
+PoolingOption = Annotated[
+    Optional[str], typer.Option("--pooling", metavar="hlrbp|average", help=_method_help("pooling"))
+]
 ChunkOption = Annotated[
     Optional[int], typer.Option("--chunk", min=1, hidden=True, help="Deprecated name of --subgroup (one release).")
 ]

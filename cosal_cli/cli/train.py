@@ -16,7 +16,7 @@ from cosal_cli.cli.console import (
     stdout,
 )
 from cosal_cli.errors import UsageError
-from cosal_cli.methods.options import CSMG_BRANCHES, check_choice
+from cosal_cli.methods.options import CSMG_BRANCHES, GS_POOLINGS, check_choice
 
 TRAIN_EPILOG = (
     "Exit codes: 0 trained, 2 usage error (bad data, split or options; a checkpoint from an earlier run "
@@ -83,6 +83,17 @@ def train(
         typer.Option("--branches", help="CSMG: the masked branches the head is trained with (both, pool3 or pool5); "
                      "detect picks the matching head with the same flag. Default: both."),
     ] = None,
+    co_category: Annotated[
+        Optional[str],
+        typer.Option("--co-category", metavar="table|imagenet|off", help="GS: the co-category supervision: the "
+                     "category table (training/categories.yaml), each group's top ImageNet classes, or none "
+                     "(the lambda = 0 ablation). Default: table."),
+    ] = None,
+    pooling: Annotated[
+        Optional[str],
+        typer.Option("--pooling", metavar="hlrbp|average", help="GS: H-LRBP, or FC + average pooling (the paper's "
+                     "baseline). Default: hlrbp."),
+    ] = None,
     val_limit: Annotated[
         int, typer.Option(min=0, help="Held-out images per group validated each epoch (0: all).")
     ] = 24,
@@ -120,7 +131,7 @@ def train(
     settings = TrainSettings(
         method=method, data=list(data), split=load_split(split), output=output, epochs=epochs, lr=lr,
         sampler=sampler, val_limit=val_limit, per_group=per_group, checkpoint_every=checkpoint_every, device=device,
-        resume=resume, offline=hub.offline_mode(offline), config=_config(sism, branches),
+        resume=resume, offline=hub.offline_mode(offline), config=_config(sism, branches, co_category, pooling),
         cache_views=cache_views, cache_dir=cache_dir,
     )  # fmt: skip
     with progress_bar(quiet, None, TRAIN_COLUMNS) as progress:
@@ -135,9 +146,13 @@ def train(
         )
 
 
-def _config(sism: str | None, branches: str | None) -> dict:
+def _config(sism: str | None, branches: str | None, co_category: str | None, pooling: str | None) -> dict:
     """The head's config from the method-specific flags (checked against the method by the trainer)."""
-    config: dict = {}
+    from cosal_cli.training.co_category import SOURCES
+
+    check_choice("--co-category", co_category, SOURCES)
+    check_choice("--pooling", pooling, GS_POOLINGS)
+    config: dict = {name: value for name, value in (("co_category", co_category), ("pooling", pooling)) if value}
     if sism is not None:
         config["sism"] = sism
     if branches is not None:

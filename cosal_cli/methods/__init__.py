@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from cosal_cli.errors import UsageError
 from cosal_cli.methods.options import (
     CsmgOptions,
+    GsOptions,
     MethodOptions,
     OutsiderOptions,
     SismOptions,
@@ -75,6 +76,16 @@ CARDS: dict[str, MethodCard] = {
             summary="five images in, five maps out: their VGG-16 features concatenated into a group feature and "
             "joined with each image's own; any group size through 5-image subsets covering each image 3 times",
             module="cosal_cli.methods.gwd",
+        ),
+        MethodCard(
+            name="gs",
+            paper="Wang, Zha, Liu, Xie. Robust Deep Co-saliency Detection with Group Semantic. AAAI 2019; cosal's "
+            "weights: frozen VGG-16 (the paper's VGG-19 is not reachable), head trained with `cosal train` "
+            "and co-category supervision",
+            summary="the group's pool5 features pooled by H-LRBP into one semantic vector, broadcast into a "
+            "pool3-pool5 decoder; order- and size-free (ablations: --co-category off, --pooling average)",
+            module="cosal_cli.methods.gs",
+            options=GsOptions,
         ),
         MethodCard(
             name="gicd",

@@ -94,6 +94,9 @@ class TrainableMethod(Method):
     #: True when a cached view depends on the sub-group it was encoded with (CSMG's masks): outsiders
     #: and collaborative batches would then pair views with masks of another group, so they are refused.
     cached_sub_groups: ClassVar[bool] = False
+    #: True when the network also learns to classify its group's common categories (GS, ``--co-category``;
+    #: :mod:`cosal_cli.training.co_category`); such a network has ``category_logits(cached)``.
+    co_category_loss: ClassVar[bool] = False
     #: Adam's L2 weight decay on the head (CSMG's eq. 9 has one).
     weight_decay: ClassVar[float] = 0.0
 

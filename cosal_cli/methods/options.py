@@ -145,3 +145,28 @@ class CsmgOptions(MethodOptions):
     @property
     def multi_scale(self) -> bool:
         return self.scales != "single"
+
+
+GS_CO_CATEGORY = ("on", "off")
+GS_POOLINGS = ("hlrbp", "average")
+
+
+@dataclass(frozen=True)
+class GsOptions(MethodOptions):
+    """GS's ablations (paper, Table 1), each a switch to the head trained that way; ``cosal bench`` labels them."""
+
+    co_category: str | None = option("--co-category", "on (default) or off: off is the head trained without the "
+                                     "co-category loss (the paper's lambda = 0)")  # fmt: skip
+    pooling: str | None = option("--pooling", "hlrbp (default) or average: the head with FC + average pooling "
+                                 "in place of H-LRBP (the paper's baseline, Figure 2b)")  # fmt: skip
+
+    def __post_init__(self) -> None:
+        check_choice("--co-category", self.co_category, GS_CO_CATEGORY)
+        check_choice("--pooling", self.pooling, GS_POOLINGS)
+        if self.co_category == "off" and self.pooling == "average":
+            raise UsageError("--co-category off --pooling average: no head was trained with both ablations; "
+                             "use one of them")  # fmt: skip
+
+    @property
+    def head_choice(self) -> tuple[str, str]:
+        return self.co_category or "on", self.pooling or "hlrbp"

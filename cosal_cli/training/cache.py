@@ -36,6 +36,7 @@ import torch
 
 from cosal_cli.errors import UsageError
 from cosal_cli.io import atomic_output
+from cosal_cli.training.co_category import CoCategoryTargets
 from cosal_cli.training.losses import deep_supervision
 from cosal_cli.training.neighbours import nearest_neighbours, neighbour_batches
 from cosal_cli.training.sampler import (
@@ -83,8 +84,9 @@ class CachedBatches:
     """Batches of cached views; only the head runs. See the module docstring."""
 
     def __init__(self, cache: FeatureCache, settings: SamplerSettings, device: torch.device, autocast,
-                 neighbours: int = 0):  # fmt: skip
+                 neighbours: int = 0, categories: CoCategoryTargets | None = None):  # fmt: skip
         self.cache, self.settings, self.device, self.autocast = cache, settings, device, autocast
+        self.categories = categories  # GS: each sub-group also classifies its group's common categories
         self.row_of = {item.image: row for row, item in enumerate(cache.images)}
         self.groups = by_group(cache.images)
         self.neighbours = neighbours  # > 0: sub-groups of that size, an anchor and its nearest neighbours (GWD)
@@ -119,6 +121,9 @@ class CachedBatches:
         with self.autocast:
             outputs = network.forward_from_cache(cached, size)
         loss = deep_supervision(loss_name, outputs, targets)
+        if self.categories is not None:
+            with self.autocast:
+                loss = loss + self.categories.loss(network, cached, batch[0].group_key)
         collaborative = self.settings.collaborative_fraction
         if collaborative > 0 and rng.random() < collaborative and len(self.groups) > 1:
             foreign, _ = self.cache.read(self._other_sub_group(batch[0], len(batch), rng), self.device)

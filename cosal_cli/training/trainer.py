@@ -15,7 +15,6 @@ Files (for ``--output sod-head.safetensors``):
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 import sys
@@ -35,11 +34,12 @@ from cosal_cli.io import Group, ImageFile, load_grey
 from cosal_cli.methods.base import TrainableMethod
 from cosal_cli.models.heads import load_tensors, save_head, save_tensors
 from cosal_cli.splits import Split
-from cosal_cli.training import cache
+from cosal_cli.training import cache, co_category
+from cosal_cli.training.checkpoints import LoopState, load_checkpoint, save_checkpoint
+from cosal_cli.training.co_category import CoCategoryTargets
 from cosal_cli.training.losses import LOSSES
 from cosal_cli.training.sampler import SamplerSettings, TrainImage, by_group
 
-CHECKPOINT_FORMAT = "cosal-train-checkpoint/1"
 #: Held-out metrics reported after each epoch; the first one picks the head that is kept.
 VALIDATION_METRICS = ("sm", "max_fm", "mean_em", "mae")
 
@@ -96,22 +96,11 @@ class TrainReporter(Protocol):
 
 
 @dataclass
-class LoopState:
-    epoch: int = 0  # epochs finished
-    batch: int = 0  # batches finished within the current epoch
-    step: int = 0  # optimiser steps in total
-    images: int = 0
-    seconds: float = 0.0
-    best: dict[str, Any] | None = None  # {"epoch": n, **scores} of the kept head
-    history: list[dict[str, Any]] = field(default_factory=list)
-    epoch_loss: float = 0.0  # running sum of batch losses in the current epoch
-
-
-@dataclass
 class TrainData:
     train: list[TrainImage]
     held_out: dict[str, list[TrainImage]]  # group key -> the images validated after each epoch
     summary: list[dict[str, Any]]
+    co_category: dict[str, Any] | None = None  # GS: the co-category supervision (co_category.describe())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,8 +164,10 @@ def train(settings: TrainSettings, reporter: TrainReporter) -> dict[str, Any]:
     data = collect_data(settings.data, settings.split, settings.val_limit, settings.per_group)
     _report_data(data, settings, reporter)
 
+    categories = _co_category(method_class, settings, data, hub, device)
     torch.manual_seed(settings.sampler.seed)  # the head's initialisation
-    network = method_class.build_network(hub.resolve(backbone_id, offline=settings.offline), settings.config)
+    network = method_class.build_network(hub.resolve(backbone_id, offline=settings.offline), _network_config(
+        method_class, settings, categories))  # fmt: skip
     network = network.to(device)
     method_class.prepare_training(network, device, settings.offline)
     head = list(network.head.parameters())
@@ -185,7 +176,7 @@ def train(settings: TrainSettings, reporter: TrainReporter) -> dict[str, Any]:
 
     validator = _Validator(method_class, data.held_out, device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    source = _batch_source(settings, network, data.train, backbone, device, autocast, reporter)
+    source = _batch_source(settings, network, data.train, backbone, device, autocast, reporter, categories)
     schedule = [source.epoch_batches(epoch) for epoch in range(settings.epochs)]
     total_steps = sum(len(batches) for batches in schedule)
     started = time.perf_counter() - state.seconds
@@ -205,13 +196,13 @@ def train(settings: TrainSettings, reporter: TrainReporter) -> dict[str, Any]:
                 state.seconds = time.perf_counter() - started
                 reporter.step(len(batch), loss_value)
                 if state.batch % settings.checkpoint_every == 0:
-                    _save_checkpoint(settings, network, optimiser, state)
+                    save_checkpoint(settings, network, optimiser, state)
             _finish_epoch(settings, network, validator, state, len(batches), backbone, data, reporter, device)
             state.seconds = time.perf_counter() - started
-            _save_checkpoint(settings, network, optimiser, state)
+            save_checkpoint(settings, network, optimiser, state)
     except KeyboardInterrupt:
         state.seconds = time.perf_counter() - started
-        _save_checkpoint(settings, network, optimiser, state)
+        save_checkpoint(settings, network, optimiser, state)
         reporter.notice(f"interrupted; saved {settings.checkpoint}: run the same command with --resume to continue")
         raise
     return _finalise(settings, state)
@@ -236,7 +227,7 @@ def _report_data(data, settings: TrainSettings, reporter: TrainReporter) -> None
 def _start_state(settings: TrainSettings, network, optimiser, reporter: TrainReporter) -> LoopState:
     """A fresh loop, or the checkpoint's with --resume; a checkpoint left without --resume is refused."""
     if settings.resume:
-        return _load_checkpoint(settings, network, optimiser, reporter)
+        return load_checkpoint(settings, network, optimiser, reporter.notice)
     if settings.checkpoint.exists():
         raise UsageError(
             f"{settings.checkpoint} exists from an earlier run: add --resume to continue it, or delete it to start over"
@@ -262,6 +253,10 @@ def _check_settings(method_class: type[TrainableMethod], settings: TrainSettings
         methods.check_sism_generator(settings.config["sism"])
     if settings.config.get("branches") is not None and "branches" not in declared:
         raise UsageError(f"--branches does not apply to method {settings.method!r}: it has no masked branches")
+    for name, what in (("co_category", "co-category branch"), ("pooling", "group semantic pooling")):
+        if settings.config.get(name) is not None and name not in declared:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} does not apply to method {settings.method!r}: it has no {what}")
     if settings.sampler.outsider_fraction > 0 and not method_class.group_context:
         raise UsageError(
             f"--outsider-fraction: {settings.method} sees one image at a time, so it cannot learn that an image "
@@ -285,7 +280,25 @@ def _check_settings(method_class: type[TrainableMethod], settings: TrainSettings
         )
 
 
-def _batch_source(settings: TrainSettings, network, train_images, backbone, device, autocast, reporter):
+def _co_category(method_class, settings: TrainSettings, data: TrainData, hub, device) -> CoCategoryTargets | None:
+    """GS's co-category targets (``--co-category``), recorded in the data summary of the head's metadata."""
+    if not method_class.co_category_loss:
+        return None
+    categories = co_category.for_training(settings.config.get("co_category"), data.train, hub, device,
+                                          settings.cache_folder, settings.offline)  # fmt: skip
+    data.co_category = categories.describe() if categories else {"source": "off"}
+    return categories
+
+
+def _network_config(method_class, settings: TrainSettings, categories: CoCategoryTargets | None) -> dict[str, Any]:
+    """The head's config: the method's flags, and for GS the co-category source and label count it was built for."""
+    if not method_class.co_category_loss:
+        return settings.config
+    source, labels = (categories.source, len(categories.labels)) if categories else ("off", 0)
+    return {**settings.config, "co_category": source, "categories": labels}
+
+
+def _batch_source(settings: TrainSettings, network, train_images, backbone, device, autocast, reporter, categories):
     """Where the batches' losses come from: images augmented on the fly, or the feature cache."""
     cache.check_network(network, settings.method, settings.sampler, settings.cache_views)
     if not settings.cache_views:
@@ -294,7 +307,8 @@ def _batch_source(settings: TrainSettings, network, train_images, backbone, devi
     features = cache.open_or_build(
         settings.cache_folder, network, train_images, settings.cache_views, settings.sampler, identity, reporter.notice
     )
-    return cache.CachedBatches(features, settings.sampler, device, autocast, getattr(network, "neighbour_sub_group", 0))
+    return cache.CachedBatches(features, settings.sampler, device, autocast, getattr(network, "neighbour_sub_group", 0),
+                               categories)  # fmt: skip
 
 
 def _step(optimiser: torch.optim.Optimizer, loss: torch.Tensor) -> float:
@@ -342,6 +356,7 @@ def _head_metadata(settings, state: LoopState, backbone, data: TrainData, device
             "images_seen": state.images,
             "lr": settings.lr,
             "per_group": settings.per_group,
+            **({"co_category": data.co_category} if data.co_category else {}),
             "loss": methods.method_class(settings.method).loss,
             "sampler": asdict(settings.sampler),
             "device": str(device),
@@ -394,54 +409,3 @@ class _Validator:
                     raise UsageError(decoded.problems[0].message)
                 self._decoded[key] = (decoded, [load_grey(item.mask) for item in items])
         return self._decoded
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints (safetensors, never pickle)
-# ----------------------------------------------------------------------------------------------
-
-
-def _save_checkpoint(settings: TrainSettings, network, optimiser: torch.optim.Optimizer, state: LoopState) -> None:
-    tensors = {f"head.{name}": value for name, value in network.head.state_dict().items()}
-    optimiser_state = optimiser.state_dict()
-    for index, values in optimiser_state["state"].items():
-        for key, value in values.items():
-            tensors[f"optimiser.{index}.{key}"] = torch.as_tensor(value)
-    save_tensors(
-        settings.checkpoint,
-        tensors,
-        {
-            "format": CHECKPOINT_FORMAT,
-            "fingerprint": settings.fingerprint(),
-            "state": asdict(state),
-            "param_groups": optimiser_state["param_groups"],
-        },
-    )
-
-
-def _load_checkpoint(settings: TrainSettings, network, optimiser, reporter: TrainReporter) -> LoopState:
-    path = settings.checkpoint
-    if not path.exists():
-        raise UsageError(f"--resume: no checkpoint {path} (it is written next to --output while training)")
-    saved = load_tensors(path)
-    if saved.metadata.get("format") != CHECKPOINT_FORMAT:
-        raise UsageError(f"{path} is not a cosal training checkpoint")
-    differences = sorted(
-        key for key, value in settings.fingerprint().items()
-        if json.loads(json.dumps(value)) != saved.metadata["fingerprint"].get(key)
-    )  # fmt: skip
-    if differences:
-        raise UsageError(
-            f"{path} was written by a run with different {', '.join(differences)}; "
-            "resume with the same options, or delete the checkpoint to start over"
-        )
-    network.head.load_state_dict({k[5:]: v for k, v in saved.tensors.items() if k.startswith("head.")}, strict=True)
-    per_parameter: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in saved.tensors.items():
-        if name.startswith("optimiser."):
-            _, index, key = name.split(".", 2)
-            per_parameter.setdefault(int(index), {})[key] = value
-    optimiser.load_state_dict({"state": per_parameter, "param_groups": saved.metadata["param_groups"]})
-    state = LoopState(**saved.metadata["state"])
-    reporter.notice(f"resuming {path}: epoch {state.epoch + 1}, batch {state.batch}, {state.step} steps done")
-    return state
