@@ -52,6 +52,24 @@ def test_writes_one_map_per_image_at_the_original_size(fake_method, tmp_path):
     assert abs(int(np.median(grey)) - 128) <= 2
 
 
+def test_image_files_given_together_are_one_group_and_a_single_file_is_a_group_of_one(fake_method, tmp_path):
+    files = [save(tmp_path / "photos" / name, (20, 10), (255, 255, 255)) for name in ("a.jpg", "b.png", "c.jpg")]
+    out = tmp_path / "out"
+    result = cosal("detect", str(files[0]), str(files[2]), "--group", "pair", "-m", "test-brightness", "-o", str(out),
+                   "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in (out / "pair").iterdir()) == ["a.png", "c.png"]
+    result = cosal("detect", str(files[1]), "-m", "test-brightness", "-o", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    assert read_map(out / "photos" / "b.png").shape == (10, 20)
+    assert any("a group of one image" in note for note in json.loads(result.stdout)["notices"])
+    # maps that would land beside the photos given (and could replace one) are refused
+    result = cosal("detect", str(files[1]), "-m", "test-brightness", "-o", str(tmp_path))
+    assert result.exit_code == 2 and "into its input folder" in result.output
+    result = cosal("detect", str(files[1]), "--group", "a/b", "-m", "test-brightness", "-o", str(out))
+    assert result.exit_code == 2 and "one folder name" in result.output
+
+
 def test_exif_orientation_is_applied_to_the_input(fake_method, tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise for display

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cosal_cli.errors import UsageError
 from cosal_cli.io import (
     InputError,
     Problem,
@@ -167,19 +168,49 @@ def test_missing_path_is_a_problem_not_an_exception(tmp_path):
     assert "no such file or folder" in found.problems[0].message
 
 
-def test_plain_file_path_is_a_problem_not_a_group(tmp_path):
-    image = make_image(tmp_path / "single.jpg")
+def test_files_given_together_are_one_group_named_after_their_folder(tmp_path):
+    folder = make_group(tmp_path / "holiday", names=("b.jpg", "a.png", "c.jpg"))
+    found = discover([folder / "c.jpg", folder / "a.png"])
+    assert names_in(found) == ["holiday"] and found.problems == []
+    assert image_names(found.groups[0]) == ["a.png", "c.jpg"]  # only the files given, in name order
+    assert found.groups[0].from_files and found.groups[0].notices == []
+
+
+def test_a_single_file_is_a_group_of_one_with_a_notice(tmp_path):
+    image = make_image(tmp_path / "photos" / "single.jpg")
     found = discover([image])
-    assert found.groups == []
-    assert [problem.path for problem in found.problems] == [image]
-    assert "not a folder" in found.problems[0].message
+    assert names_in(found) == ["photos"] and image_names(found.groups[0]) == ["single.jpg"]
+    assert "a group of one image: its co-saliency map is its saliency map" in found.groups[0].notices[0]
+
+
+def test_files_and_folders_mixed_each_folder_its_group_and_the_files_one_more(tmp_path):
+    good = make_group(tmp_path / "good")
+    loose = [make_image(tmp_path / "x" / "p.jpg"), make_image(tmp_path / "y" / "q.png")]
+    found = discover([good, *loose, loose[0]], group_name="loose")  # a file given twice is read once
+    assert names_in(found) == ["good", "loose"]
+    assert image_names(found.groups[1]) == ["p.jpg", "q.png"]
+    assert any("given more than once" in note for note in found.groups[1].notices)
+
+
+def test_a_given_file_that_is_not_an_image_is_a_problem_of_its_group(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    found = discover([make_image(tmp_path / "a.jpg"), text, tmp_path / "missing.jpg"], group_name="g")
+    assert names_in(found) == ["g"] and image_names(found.groups[0]) == ["a.jpg"]
+    assert "not an image" in problem_for(found.groups[0].problems, "notes.txt").message
+    assert [problem.path.name for problem in found.problems] == ["missing.jpg"]
+
+
+def test_group_name_without_files_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="--group names the group of image files"):
+        discover([make_group(tmp_path / "g")], group_name="x")
 
 
 def test_bad_paths_do_not_stop_good_groups(tmp_path):
     good = make_group(tmp_path / "good")
-    found = discover([tmp_path / "missing", good, make_image(tmp_path / "file.png")])
+    found = discover([tmp_path / "missing", good])
     assert names_in(found) == ["good"]
-    assert len(found.problems) == 2
+    assert len(found.problems) == 1
 
 
 def test_empty_subfolder_in_folder_of_groups_is_an_empty_group_problem(tmp_path):

@@ -45,7 +45,8 @@ def detect(
         list[str],
         typer.Argument(
             help="Group folders (images inside), folders of group folders, dataset roots (Image/<group>/), "
-            "or - to read such paths from stdin, one per line.",
+            "image files (those given together form one group; see --group), or - to read such paths from "
+            "stdin, one per line.",
             show_default=False,
         ),
     ],
@@ -71,6 +72,10 @@ def detect(
     chunk: ChunkOption = None,
     refine: RefineOption = None,
     layout: LayoutOption = "auto",
+    group: Annotated[
+        Optional[str], typer.Option("--group", metavar="NAME", help="Name of the group the image files given one "
+                                    "by one form (default: their folder's name); its maps go to OUTPUT/NAME/.")
+    ] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network for weights.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors (and --json).")] = False,
@@ -89,7 +94,9 @@ def detect(
                                               co_category=co_category, pooling=pooling))
     for message in notices:
         stderr.print(f"[yellow]warning:[/] {escape(message)}")
-    discovery = io.discover(io.read_paths(paths), layout)
+    if group is not None and (not group.strip() or group in (".", "..") or "/" in group or "\\" in group):
+        raise UsageError(f"--group {group!r}: a group name is one folder name (no slashes, not . or ..)")
+    discovery = io.discover(io.read_paths(paths), layout, group)
     existing = "skip" if skip_existing else "overwrite" if overwrite else "error"
     total = sum(len(group.images) + len(group.problems) for group in discovery.groups)
 

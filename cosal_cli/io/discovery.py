@@ -55,6 +55,7 @@ class Group:
     images: list[ImageFile] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    from_files: bool = False  # image files given one by one (not a folder): ``folder`` is only their common parent
 
 
 @dataclass
@@ -167,7 +168,7 @@ def read_paths(arguments: Iterable[str], stdin: TextIO | None = None) -> list[st
     return paths
 
 
-def discover(paths: Iterable[str | Path], layout: str = "auto") -> Discovery:
+def discover(paths: Iterable[str | Path], layout: str = "auto", group_name: str | None = None) -> Discovery:
     """Turn command-line paths into groups; never raises for anything on disk.
 
     A folder that holds images is one group. A folder that holds no images directly is a folder of
@@ -175,19 +176,26 @@ def discover(paths: Iterable[str | Path], layout: str = "auto") -> Discovery:
     layout (``Image/<group>/`` next to ``GroundTruth/``) is read through its ``Image`` folder. A
     folder holding both images and group folders is reported, naming ``--layout group|groups``,
     unless ``layout`` says which it is. A folder given twice is read once.
+
+    Files given directly (``cosal detect a.jpg b.jpg``) form one more group, named ``group_name`` or
+    after their common folder; a single file is a group of one, with a notice.
     """
     if layout not in LAYOUTS:
         raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
-    found = Discovery()
+    found, files = Discovery(), []
     for raw in paths:
         path = Path(raw)
         status, reason = _status(path)
         if status is None:
             found.problems.append(Problem(path, reason))
-        elif not stat.S_ISDIR(status.st_mode):
-            found.problems.append(Problem(path, "not a folder; pass the folder that holds the group's images"))
-        else:
+        elif stat.S_ISDIR(status.st_mode):
             found.groups += _read_folder(path, layout, found)
+        else:
+            files.append(path)
+    if files:
+        found.groups.append(_group_of_files(files, group_name))
+    elif group_name is not None:
+        raise UsageError("--group names the group of image files given one by one, and no file was given")
     _drop_repeated_folders(found)
     _deduplicate_group_names(found)
     return found
@@ -216,6 +224,37 @@ def _read_folder(folder: Path, layout: str, found: Discovery) -> list[Group]:
         found.problems.append(Problem(folder, "no images in this folder (--layout group)"))
         return []
     return [_group_from(folder, listing)]
+
+
+def _group_of_files(files: list[Path], name: str | None) -> Group:
+    """The files given one by one, as one group; a file given twice (or through a link) is read once."""
+    unique: dict[tuple[int, int] | Path, Path] = {}
+    for path in files:
+        status, _ = _status(path)
+        unique.setdefault((status.st_dev, status.st_ino) if status else path, path)
+    parents = {os.path.abspath(path.parent) for path in unique.values()}
+    folder = Path(os.path.commonpath(sorted(parents)))
+    listing = _Listing()
+    for path in unique.values():
+        status, reason = _status(path)
+        if status is None or not stat.S_ISREG(status.st_mode):
+            listing.problems.append(Problem(path, reason or "not a regular file; cosal reads image files"))
+            continue
+        _sort_file(path, status, listing, name or "")
+        if listing.skipped:  # given by name, so not skipped quietly: it is not an image
+            listing.problems.append(Problem(path, "not an image (JPEG, PNG, BMP, WebP or TIFF)"))
+            listing.skipped.clear()
+    group = _group_from(folder, listing)
+    group.from_files = True
+    if name is not None or not group.name:  # files with no common folder but the root: "files"
+        group.name = name or "files"
+    group.problems = [replace(problem, group=group.name) for problem in group.problems]
+    if len(unique) < len(files):
+        group.notices.append(f"{group.name}: {len(files) - len(unique)} file(s) given more than once, read once")
+    if len(group.images) == 1:
+        group.notices.append(f"{group.name}: a group of one image: its co-saliency map is its saliency map "
+                             "(there is no other image to share an object with)")  # fmt: skip
+    return group
 
 
 def _mixed_folder_message(images: int, group_folders: list[Path]) -> str:
@@ -279,7 +318,7 @@ def _drop_repeated_folders(found: Discovery) -> None:
     kept = []
     for group in found.groups:
         status, _ = _status(group.folder)
-        key = (status.st_dev, status.st_ino) if status else (0, id(group))
+        key = (status.st_dev, status.st_ino) if status and not group.from_files else (0, id(group))
         if key in seen:
             found.notices.append(f"{group.folder}: the same folder as {seen[key].folder}, given twice; read once")
             continue

@@ -106,7 +106,9 @@ def check_output_location(discovery: Discovery, output_dir: Path) -> None:
     for group in discovery.groups:
         folder = _resolved(group.folder)
         maps = _resolved(output_dir / group.name)
-        if output == folder or folder in output.parents or maps == folder or folder in maps.parents:
+        inside = output == folder or folder in output.parents or folder in maps.parents
+        # Files given one by one are not listed again by the next run; only maps beside them could clash.
+        if maps == folder or (inside and not group.from_files):
             raise UsageError(
                 f"--output {output_dir} would write the maps of group {group.name} into its input folder "
                 f"{group.folder}, where the next run would read them as images; choose an output folder "
