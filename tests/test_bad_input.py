@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 
 from cosal_cli import inference, io
 from cosal_cli.cli import app
-from cosal_cli.runners import local
+from cosal_cli.io import SaveSpec
 
 from .conftest import FAKE_MODULE, REPO, BrightnessMethod
 from .test_io import png_chunk
@@ -295,15 +295,15 @@ def test_interrupt_while_writing_a_group_counts_its_written_maps(fake_method, tm
     for index in range(5):
         save(tmp_path / "g" / f"{index}.png")
     written = []
-    real_write = local.write_map
+    real_write = SaveSpec.write
 
-    def write_then_ctrl_c(values, destination):
+    def write_then_ctrl_c(self, values, photo, destination):
         if len(written) == 3:
             raise KeyboardInterrupt  # Ctrl-C arriving while the fourth map is written
-        real_write(values, destination)
         written.append(destination)
+        return real_write(self, values, photo, destination)
 
-    monkeypatch.setattr(local, "write_map", write_then_ctrl_c)
+    monkeypatch.setattr(SaveSpec, "write", write_then_ctrl_c)
     result, summary = detect_json(str(tmp_path / "g"), "-o", str(tmp_path / "out"))
     assert result.exit_code == 130
     assert summary["counts"]["written"] == 3 == len(list((tmp_path / "out" / "g").iterdir()))

@@ -54,6 +54,16 @@ def detect(
     output: Annotated[Path, typer.Option("--output", "-o", help="Maps go to OUTPUT/<group>/<stem>.png.")] = Path(
         "cosal-maps"
     ),
+    save: Annotated[
+        str, typer.Option("--save", metavar="KINDS", help="What to write per image, any of map (<stem>.png), mask "
+                          "(<stem>.mask.png), cutout (<stem>.cutout.png, RGBA) and overlay (<stem>.overlay.jpg), "
+                          "comma-separated.")
+    ] = "map",
+    threshold: Annotated[
+        Optional[str], typer.Option("--threshold", metavar="T|otsu|adaptive", help="Where masks are cut: a number "
+                                    "in [0, 1], otsu, or adaptive (twice the map's mean) [default: adaptive]. "
+                                    "Given, cut-outs get a hard alpha from the mask.", show_default=False)
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     skip_existing: Annotated[
         bool, typer.Option("--skip-existing", help="Keep maps that exist (resume a run).")
@@ -96,6 +106,7 @@ def detect(
         stderr.print(f"[yellow]warning:[/] {escape(message)}")
     if group is not None and (not group.strip() or group in (".", "..") or "/" in group or "\\" in group):
         raise UsageError(f"--group {group!r}: a group name is one folder name (no slashes, not . or ..)")
+    outputs = io.SaveSpec.parse(save, threshold)
     discovery = io.discover(io.read_paths(paths), layout, group)
     existing = "skip" if skip_existing else "overwrite" if overwrite else "error"
     total = sum(len(group.images) + len(group.problems) for group in discovery.groups)
@@ -114,6 +125,7 @@ def detect(
             refine=refine or [],
             reporter=reporter,
             download_progress=download_callback(progress) if progress else None,
+            save=outputs,
         )
     summary.notices[:0] = notices
     if json_output:

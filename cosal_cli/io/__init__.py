@@ -4,8 +4,8 @@ Nothing here raises for a bad image: problems come back as :class:`Problem` valu
 so the runner can report them and carry on with the rest of the batch.
 
 The package splits that by job: :mod:`.files` (content sniffing and path checks that never raise),
-:mod:`.discovery` (groups from command-line paths), :mod:`.decoding` (images to RGB or grey arrays)
-and :mod:`.writing` (atomic output).
+:mod:`.discovery` (groups from command-line paths), :mod:`.decoding` (images to RGB or grey arrays),
+:mod:`.writing` (atomic output) and :mod:`.outputs` (what ``--save`` writes: maps, masks, cut-outs, overlays).
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ from cosal_cli.io.discovery import (
     read_paths,
 )
 from cosal_cli.io.files import IMAGE_SUFFIXES, SUPPORTED_FORMATS, sniff, unusable_reason
+from cosal_cli.io.outputs import KINDS, SaveSpec, Threshold, derived_name
 from cosal_cli.io.writing import atomic_output, write_map
 
 __all__ = [
     "DATASET_IMAGE_DIRS",
     "IMAGE_SUFFIXES",
+    "KINDS",
     "LAYOUTS",
     "MAX_IMAGE_PIXELS",
     "SUPPORTED_FORMATS",
@@ -39,9 +41,12 @@ __all__ = [
     "ImageFile",
     "InputError",
     "Problem",
+    "SaveSpec",
+    "Threshold",
     "abbreviate",
     "assign_output_names",
     "atomic_output",
+    "derived_name",
     "discover",
     "load_grey",
     "load_rgb",

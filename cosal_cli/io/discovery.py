@@ -24,6 +24,7 @@ from cosal_cli.io.files import (
     _unsupported_message,
     unusable_reason,
 )
+from cosal_cli.io.outputs import KINDS, derived_name
 
 #: Folder names (case-insensitive) that mark a dataset root in the standard layout (Image/<group>/).
 DATASET_IMAGE_DIRS = {"image"}
@@ -336,6 +337,9 @@ def abbreviate(names: list[str], limit: int = 5) -> str:
 def assign_output_names(paths: list[Path]) -> tuple[list[ImageFile], list[str]]:
     """Map names ``<stem>.png``; inputs sharing a stem keep them apart deterministically.
 
+    The names of the other output kinds (``<stem>.mask.png`` ...) are kept apart too: an input
+    ``a.mask.jpg`` never gets a map name that is the mask of an input ``a.jpg``.
+
     In name order, the first input of a stem gets ``<stem>.png`` and the others ``<file name>.png``
     (``a.jpg`` -> ``a.png``, ``a.png`` -> ``a.png.png``). Names are compared case-insensitively so
     the result is the same on case-insensitive file systems.
@@ -347,8 +351,10 @@ def assign_output_names(paths: list[Path]) -> tuple[list[ImageFile], list[str]]:
         by_stem.setdefault(path.stem.casefold(), []).append(path)
     for path in sorted(paths, key=lambda p: p.name):
         for candidate in _name_candidates(path):
-            if candidate.casefold() not in taken:
-                taken.add(candidate.casefold())
+            # a name is free when neither it nor its mask, cut-out or overlay name (--save) is taken
+            names = {derived_name(candidate, kind).casefold() for kind in KINDS}
+            if not names & taken:
+                taken |= names
                 files.append(ImageFile(path, candidate))
                 break
     # Announce every input involved in a clash: those sharing a stem, and any pushed off its natural

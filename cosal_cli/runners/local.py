@@ -18,7 +18,7 @@ from cosal_cli import methods
 from cosal_cli.errors import Terminated, UsageError
 from cosal_cli.hub import ProgressCallback
 from cosal_cli.inference import decode_group
-from cosal_cli.io import Discovery, Group, ImageFile, Problem, write_map
+from cosal_cli.io import Discovery, Group, ImageFile, Problem, SaveSpec
 from cosal_cli.methods.loader import load_method, resolve_device
 from cosal_cli.methods.options import MethodOptions
 from cosal_cli.refine import check_refiners, load_refiner
@@ -26,6 +26,7 @@ from cosal_cli.runners.group import GroupOutcome, internal_error_problems, proce
 from cosal_cli.runners.summary import GroupReport, Reporter, Summary
 
 EXISTING_POLICIES = ("error", "skip", "overwrite")
+MAPS_ONLY = SaveSpec()  # what a run writes unless told otherwise (--save map)
 
 
 def run(
@@ -41,6 +42,7 @@ def run(
     refine: Sequence[str] = (),
     reporter: Reporter,
     download_progress: ProgressCallback | None = None,
+    save: SaveSpec = MAPS_ONLY,
 ) -> Summary:
     """Run ``method_name`` (then its card's refiners and ``refine``) on every group; write the maps.
 
@@ -55,14 +57,14 @@ def run(
     device = resolve_device(device_spec)
     refiners = [load_refiner(name, str(device)) for name in refiner_names]
     check_output_location(discovery, output_dir)
-    check_existing(discovery, output_dir, existing)
+    check_existing(discovery, output_dir, existing, save)
     summary = Summary(method=method_name, device=str(device), output=str(output_dir), refiners=refiner_names)
     for problem in discovery.problems:
         _record_problem(summary, reporter, problem)
     for message in discovery.notices:
         _record_notice(summary, reporter, message)
     summary.timings = {"weights_s": 0.0, "decode_s": 0.0, "compute_s": 0.0, "write_s": 0.0}
-    pending = [group for group in discovery.groups if _pending(group, output_dir, existing)]
+    pending = [group for group in discovery.groups if _pending(group, output_dir, existing, save)]
     method = None
     if pending:  # weights are only needed (and fetched) when there is work
         tick = time.perf_counter()
@@ -70,7 +72,7 @@ def run(
         summary.timings["weights_s"] = time.perf_counter() - tick
         for message in method.notices:
             _record_notice(summary, reporter, message)
-    run_context = _Run(method, refiners, output_dir, existing, summary, reporter)
+    run_context = _Run(method, refiners, output_dir, existing, summary, reporter, save)
     try:
         run_context.groups(discovery.groups, pending)
     except KeyboardInterrupt as exc:  # the group being written is in the summary with what it wrote
@@ -80,18 +82,20 @@ def run(
 
 
 def output_path(output_dir: Path, group: Group, image: ImageFile) -> Path:
+    """Where an image's map goes; the other kinds of ``--save`` go beside it (:mod:`cosal_cli.io.outputs`)."""
     return output_dir / group.name / image.output_name
 
 
-def check_existing(discovery: Discovery, output_dir: Path, policy: str) -> None:
-    """With the default policy, refuse to run over existing maps before any work is done."""
+def check_existing(discovery: Discovery, output_dir: Path, policy: str, save: SaveSpec = MAPS_ONLY) -> None:
+    """With the default policy, refuse to run over existing outputs before any work is done."""
     if policy != "error":
         return
     existing = [
-        output_path(output_dir, group, image)
+        path
         for group in discovery.groups
         for image in group.images
-        if output_path(output_dir, group, image).exists()
+        for path in save.paths(output_path(output_dir, group, image)).values()
+        if path.exists()
     ]
     if existing:
         raise UsageError(
@@ -123,26 +127,32 @@ def _resolved(path: Path) -> Path:
         return path.absolute()
 
 
-def _pending(group: Group, output_dir: Path, existing: str) -> bool:
+def _pending(group: Group, output_dir: Path, existing: str, save: SaveSpec) -> bool:
     if not group.images:
         return False
     if existing != "skip":
         return True
-    return not all(output_path(output_dir, group, image).exists() for image in group.images)
+    return not all(_finished(save.paths(output_path(output_dir, group, image))) for image in group.images)
+
+
+def _finished(paths: dict[str, Path]) -> bool:
+    """An image is done when every kind asked for exists (each was written atomically)."""
+    return all(path.exists() for path in paths.values())
 
 
 class _Run:
     """One run's groups: decoded one ahead, processed, written and reported in input order."""
 
-    def __init__(self, method, refiners, output_dir: Path, existing: str, summary: Summary, reporter: Reporter):
+    def __init__(self, method, refiners, output_dir: Path, existing: str, summary: Summary, reporter: Reporter,
+                 save: SaveSpec):  # fmt: skip
         self.method, self.refiners, self.output_dir, self.existing = method, refiners, output_dir, existing
-        self.summary, self.reporter = summary, reporter
+        self.summary, self.reporter, self.save = summary, reporter, save
 
     def groups(self, groups: list[Group], pending: list[Group]) -> None:
         """Decoding runs in a worker thread (Pillow releases the GIL), so the next group is read while
         the current one is computed."""
         queue, pending_ids = iter(pending), {id(group) for group in pending}
-        keep = bool(self.refiners)
+        keep = bool(self.refiners) or self.save.needs_photo  # full-size pixels for refiners, cut-outs, overlays
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cosal-decode") as pool:
 
             def decode_next() -> Future | None:
@@ -197,14 +207,16 @@ class _Run:
         tick = time.perf_counter()
         group = outcome.group
         for index, image in enumerate(outcome.decoded.images):
-            destination = output_path(self.output_dir, group, image)
-            entry = {"input": str(image.path), "output": str(destination)}
-            if self.existing == "skip" and destination.exists():
+            paths = self.save.paths(output_path(self.output_dir, group, image))
+            destination = next(iter(paths.values()))
+            entry = {"input": str(image.path), "output": str(destination), "files": _as_strings(paths)}
+            if self.existing == "skip" and _finished(paths):
                 report.skipped += 1
                 report.outputs.append({**entry, "status": "skipped"})
                 continue
             try:
-                write_map(outcome.maps.eight_bit(index), destination)
+                photo = outcome.decoded.originals[index] if self.save.needs_photo else None
+                self.save.write(outcome.maps.eight_bit(index), photo, output_path(self.output_dir, group, image))
             except OSError as exc:
                 problem = Problem(image.path, f"cannot write {destination}: {exc.strerror or exc}", group.name)
                 self._fail(report, problem, output=str(destination))
@@ -227,8 +239,9 @@ class _Run:
         report = self._new_report(group)
         for image in group.images:
             report.skipped += 1
-            destination = str(output_path(self.output_dir, group, image))
-            report.outputs.append({"input": str(image.path), "output": destination, "status": "skipped"})
+            paths = self.save.paths(output_path(self.output_dir, group, image))
+            report.outputs.append({"input": str(image.path), "output": str(next(iter(paths.values()))),
+                                   "files": _as_strings(paths), "status": "skipped"})  # fmt: skip
         return report
 
     def _finish(self, report: GroupReport, started: float) -> None:
@@ -241,6 +254,10 @@ class _Run:
         report.failed += 1
         report.outputs.append({"input": str(problem.path), "output": output, "status": "failed"})
         _record_problem(self.summary, self.reporter, problem)
+
+
+def _as_strings(paths: dict[str, Path]) -> dict[str, str]:
+    return {kind: str(path) for kind, path in paths.items()}
 
 
 def _record_problem(summary: Summary, reporter: Reporter, problem: Problem) -> None:
