@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup
 
 from cosal_cli import __version__
 from cosal_cli.cli.console import emit_error_json, escape, state, stderr, stdout
@@ -45,6 +45,52 @@ class _CosalGroup(TyperGroup):
         if not standalone_mode:
             return code
         sys.exit(int(code))
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)  # cosal's own options (--version) and --help
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is not None:
+            tidy_metavars(command, ctx)
+        return command
+
+
+class _Argument(TyperArgument):
+    """A positional argument shown as its metavar alone (``PATH...``), as Unix tools show them."""
+
+    def _usage_display_name(self) -> str:
+        return self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+
+    def display_type_rich(self, ctx) -> None:
+        return None
+
+
+def tidy_metavars(command, ctx) -> None:
+    """Help that reads like a Unix tool's: flags show no ``<bool>``, values a name (``N``, ``PATH``,
+    ``METHOD``) instead of typer's type labels (``<int range>``, ``<list[str]>``, ``{paths}``)."""
+    help_option = command.get_help_option(ctx)
+    if help_option is not None:
+        help_option.metavar = ""
+    for param in command.params:
+        if isinstance(param, TyperArgument):
+            param.__class__ = _Argument
+        if param.metavar is not None:
+            continue
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+            continue
+        label = param.display_type(None)  # typer's "<int range>", "<path>", "<list[str]>" ...
+        name = "N" if "int" in label else "X" if "float" in label else (param.name or "").upper()
+        if "path" in label or param.name in ("paths", "pred"):
+            name = "PATH"
+        param.metavar = name + ("..." if param.nargs == -1 else "")
+    for sub in getattr(command, "commands", {}).values():
+        tidy_metavars(sub, ctx)
 
 
 app = typer.Typer(

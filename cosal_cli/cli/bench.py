@@ -33,6 +33,7 @@ from cosal_cli.cli.options import (
     SismOption,
     SmoothingOption,
     SubgroupOption,
+    method_choices,
     method_values,
 )
 from cosal_cli.errors import UsageError
@@ -62,7 +63,9 @@ def bench(
         Optional[Path], typer.Option("--split", help="Use only the held-out part of this split (training/splits/).")
     ] = None,
     method: Annotated[
-        Optional[list[str]], typer.Option("--method", "-m", help="Run and score this method (repeatable).")
+        Optional[list[str]],
+        typer.Option("--method", "-m", metavar="METHOD", help=f"Run and score this method (repeatable): "
+                     f"{method_choices()}."),
     ] = None,
     pred: Annotated[
         Optional[list[Path]],

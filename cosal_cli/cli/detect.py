@@ -22,6 +22,7 @@ from cosal_cli.cli.options import (
     CoCategoryOption,
     DebugOption,
     LayoutOption,
+    MethodOption,
     OutsidersOption,
     PoolingOption,
     RefineOption,
@@ -50,7 +51,7 @@ def detect(
             show_default=False,
         ),
     ],
-    method: Annotated[Optional[str], typer.Option("--method", "-m", help="Method name (see `cosal methods`).")] = None,
+    method: MethodOption = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Maps go to OUTPUT/<group>/<stem>.png.")] = Path(
         "cosal-maps"
     ),

@@ -19,6 +19,15 @@ def _method_help(name: str) -> str:
     return f"{declaring.help_of(name)}. Methods: {', '.join(methods.takers(flag))}."
 
 
+def method_choices() -> str:
+    """``gicd (default), icnet, ...``: every method, for --method's help."""
+    return ", ".join(f"{name} (default)" if name == methods.DEFAULT_METHOD else name for name in methods.CARDS)
+
+
+MethodOption = Annotated[
+    Optional[str], typer.Option("--method", "-m", metavar="METHOD", show_default=False,
+                                help=f"One of {method_choices()}; `cosal methods NAME` describes one.")
+]  # fmt: skip
 SismOption = Annotated[Optional[str], typer.Option("--sism", help=_method_help("sism"))]
 SismDirOption = Annotated[Optional[Path], typer.Option("--sism-dir", help=_method_help("sism_dir"))]
 SubgroupOption = Annotated[Optional[int], typer.Option("--subgroup", min=1, help=_method_help("subgroup"))]

@@ -35,7 +35,10 @@ TRAIN_COLUMNS = ("loss {task.fields[loss]:.4f}", "{task.fields[speed]:.1f} img/s
 @app.command(epilog=TRAIN_EPILOG)
 @handle_errors
 def train(
-    method: Annotated[str, typer.Option("--method", "-m", help="The method whose head to train.", show_default=False)],
+    method: Annotated[
+        str, typer.Option("--method", "-m", metavar="METHOD", show_default=False,
+                          help="The method whose head to train: csmg, gwd, gs, gicd, icnet or sod.")
+    ],
     data: Annotated[
         list[Path],
         typer.Option("--data", help="A dataset folder in the Image/<group> + GroundTruth/<group> layout "

@@ -32,15 +32,20 @@ def weights_list(json_output: Annotated[bool, typer.Option("--json", help="Machi
     if json_output:
         print_json(rows)
         return
-    table = Table(title=f"weight components ({hub.manifest.path})", show_lines=True)
-    for column in ("component", "methods", "source", "size", "licence", "cached"):
-        table.add_column(column, overflow="fold")
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("component", no_wrap=True, min_width=max(len(row["id"]) for row in rows))
+    table.add_column("size", no_wrap=True, justify="right", min_width=8)
+    table.add_column("source", no_wrap=True, min_width=7)
+    table.add_column("cached", no_wrap=True, min_width=12)
+    table.add_column("methods", no_wrap=True, overflow="ellipsis", ratio=1)
     for row in rows:
         size = f"{row['size'] / 1e6:.1f} MB" if row["size"] else "-"
-        table.add_row(row["id"], ", ".join(row["methods"]) or "-", row["source"], size, row["licence"],
-                      cached_cell(row["cached"], imported="import_command" in row))  # fmt: skip
-    stdout.print(table)
-    stdout.print(f"cache: {hub.home}")
+        table.add_row(row["id"], size, row["source"].split(":", 1)[0],
+                      cached_cell(row["cached"], imported="import_command" in row), ", ".join(row["methods"]) or "-")
+    stdout.print(table, soft_wrap=False)  # the table fits the terminal: its last column is cut, not wrapped
+    stdout.print("--json: sources, licences, checksums and paths")
+    stdout.print(f"manifest: {hub.manifest.path}", soft_wrap=True)
+    stdout.print(f"cache: {hub.home}", soft_wrap=True)
 
 
 @weights_app.command("pull")
@@ -163,7 +168,7 @@ def weights_import(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
-    """Import weights that cannot be downloaded (the official GICD files): check, convert and record them."""
+    """Import weights that cannot be downloaded (the official GICD and ICNet files): check, convert and record them."""
     from cosal_cli.hub import WeightHub
 
     hub = WeightHub()
