@@ -103,6 +103,8 @@ app = typer.Typer(
 )
 weights_app = typer.Typer(help="List, fetch, verify and locate weight components.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
+cache_app = typer.Typer(help="What cosal keeps in $COSAL_HOME, and clearing it.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 
 
 def _show_parse_error(exc: typer.TyperException) -> None:
