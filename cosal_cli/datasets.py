@@ -123,6 +123,8 @@ def locate(name: str, data_root: Path | None = None, require_images: bool = True
     Raises UsageError, saying what was expected, what was found and where the dataset is published,
     when no layout matches.
     """
+    if data_root is None:
+        name, data_root = _split_layout_path(name)
     info = known(Path(name).name)
     tried: list[str] = []
     for root, layout, image_root, mask_root in _candidates(name, data_root, tried):
@@ -141,6 +143,25 @@ def locate(name: str, data_root: Path | None = None, require_images: bool = True
             continue
         return dataset
     raise UsageError(_not_found_message(name, data_root, info, tried, require_images))
+
+
+def _split_layout_path(name: str) -> tuple[str, Path | None]:
+    """A dataset's image or mask folder given directly, as (dataset name, root) of its layout.
+
+    ``ROOT/gt/CoCA`` (eval-co-sod, GICD's ``gts``, ``images``) is dataset ``CoCA`` under ``ROOT``;
+    ``ROOT/CoCA/GroundTruth`` (or ``binary``, ``Image``) is dataset ``CoCA`` under ``ROOT``. A folder that
+    is a dataset folder itself (it holds an image or a mask folder) is left as it is.
+    """
+    path = Path(name)
+    layout_dirs = IMAGE_DIRS + MASK_DIRS
+    if not path.is_dir() or _child_of(path, layout_dirs) is not None:
+        return name, None
+    absolute = path.absolute()
+    if absolute.parent.name.casefold() in layout_dirs:
+        return absolute.name, absolute.parent.parent
+    if absolute.name.casefold() in layout_dirs:
+        return absolute.parent.name, absolute.parent.parent
+    return name, None
 
 
 def _candidates(name: str, data_root: Path | None, tried: list[str]):

@@ -211,6 +211,23 @@ def test_each_layout_is_found_with_its_groups_and_items(tmp_path, layout, expect
     assert not dataset.problems
 
 
+@pytest.mark.parametrize(
+    ("layout", "given", "require_images"),
+    [("masks-only", "gt/Toy", False), ("gicd", "gts/Toy", True), ("gicd", "images/Toy", True),
+     ("canonical", "Toy/GroundTruth", True), ("coca", "Toy/binary", True), ("coca", "Toy/image", True)],
+)  # fmt: skip
+def test_a_datasets_image_or_mask_folder_given_directly_is_read_in_its_layout(tmp_path, layout, given,
+                                                                              require_images):  # fmt: skip
+    entries = make_dataset(tmp_path, layout, {"bird": 2, "car": 1})
+    dataset = datasets.locate(str(tmp_path / given), require_images=require_images)
+    assert dataset.name == "Toy" and [group.name for group in dataset.groups] == ["bird", "car"]
+    assert {item.mask for item in dataset.items} == {entry.mask for entry in entries}
+    assert {item.image for item in dataset.items} == {entry.image for entry in entries}
+    write_predictions(tmp_path / "pred", entries)
+    method = only_method(bench_json("-d", tmp_path / given, "--pred", tmp_path / "pred"))
+    assert method["evaluated"] == 3
+
+
 def test_masks_alone_are_refused_when_a_method_needs_images(tmp_path):
     make_dataset(tmp_path, "masks-only")
     with pytest.raises(UsageError, match="masks but no images"):

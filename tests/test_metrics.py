@@ -262,7 +262,8 @@ def _eval_smeasure(p: torch.Tensor, gt: torch.Tensor) -> float:
     quadrants = ((slice(None, yy), slice(None, x)), (slice(None, yy), slice(x, None)),
                  (slice(yy, None), slice(None, x)), (slice(yy, None), slice(x, None)))  # fmt: skip
     s_region = sum(wq * _eval_ssim(p[q], g[q]) for wq, q in zip((w1, w2, w3, w4), quadrants, strict=True))
-    return max(0.0, float(0.5 * s_object + 0.5 * s_region))
+    score = float(0.5 * s_object + 0.5 * s_region)
+    return 0.0 if score < 0 else score  # as the original's `if Q.item() < 0`: a NaN stays NaN
 
 
 def eval_co_sod_reference(pred_u8: np.ndarray, gt_u8: np.ndarray) -> dict:
@@ -857,3 +858,18 @@ def test_all_black_mask_e_curve_is_quarter_in_eval_co_sod_and_background_fractio
         background = np.array([np.count_nonzero(quantised < level) for level in range(256)])
         np.testing.assert_allclose(pysod["em"], background / (n - 1), rtol=0, atol=1e-12)
         assert pysod["em"].max() > 0.9  # the highest threshold predicts (almost) nothing
+
+
+def test_eval_co_sod_smeasure_is_nan_when_the_centroid_is_in_row_or_column_0_and_ours_is_finite():
+    """eval-co-sod's 0-based split: a mask whose centroid rounds to row 0 (or column 0) leaves the two
+    top (left) quadrants empty, and the original's mean of an empty tensor is NaN. cosal weighs them 0."""
+    rng = np.random.default_rng(5)
+    row, column = np.zeros((23, 31), np.uint8), np.zeros((23, 31), np.uint8)
+    row[0, 3:20], column[4:18, 0] = 255, 255
+    for gt in (row, column):
+        pred = soft_prediction(rng, gt > 128)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert np.isnan(eval_co_sod_reference(pred, gt)["sm"])
+        ours = evaluate_pair(pred, gt, "eval-co-sod").scalars["sm"]
+        assert np.isfinite(ours) and 0 <= ours <= 1
