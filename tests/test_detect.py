@@ -261,3 +261,35 @@ def test_csmg_mask_handles_a_group_of_one(real_weights, tmp_path):
     with torch.inference_mode():
         maps = method.predict_group(batch)
     assert maps.shape == (1, 14, 14) and float(maps.max()) == pytest.approx(1.0)
+
+
+def test_the_progress_moves_per_image_and_says_what_the_run_is_doing(fake_method, tmp_path):
+    from cosal_cli import io
+    from cosal_cli.runners import local
+
+    class Recorder:
+        def __init__(self):
+            self.events = []
+
+        def notice(self, message):
+            pass
+
+        def problem(self, problem):
+            self.events.append("problem")
+
+        def advance(self, images):
+            self.events.append(images)
+
+        def doing(self, text):
+            self.events.append(text)
+
+        def group_done(self, report):
+            self.events.append("done")
+
+    for index in range(3):
+        save(tmp_path / "g" / f"{index}.png")
+    (tmp_path / "g" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    recorder = Recorder()
+    local.run(io.discover([tmp_path / "g"]), "test-brightness", tmp_path / "out", reporter=recorder, device_spec="cpu")
+    # the three maps one by one as they are written, then the image that failed to decode
+    assert recorder.events == ["g: decoding", "g: computing 4 image(s)", "g: writing", "problem", 1, 1, 1, 1, "done"]

@@ -176,6 +176,9 @@ class _BenchConsoleReporter(ConsoleReporter):
         elif not self.quiet:
             self.console.print(f"{escape(description)} ({total} images)")
 
+    def doing(self, text: str) -> None:
+        pass  # the stage's description stays: which method on which dataset
+
     def group_done(self, report: GroupReport) -> None:
         pass  # the stage line says enough in a benchmark
 

@@ -95,6 +95,10 @@ class ConsoleReporter:
         if self.progress is not None and self.task is not None:
             self.progress.advance(self.task, images)
 
+    def doing(self, text: str) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.update(self.task, description=escape(text))
+
     def group_done(self, report: GroupReport) -> None:
         if self.progress is None and not self.quiet:
             self.console.print(
@@ -120,12 +124,25 @@ def progress_bar(quiet: bool, total: int | None, fields: tuple[str, ...] = ()) -
         TimeRemainingColumn,
     )
 
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), *fields,
-               TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+               *(fields or (_images_per_second_column(),)), TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
     with Progress(*columns, console=stderr) as progress:
         if total is not None:
             progress.add_task("images", total=total)
         yield progress
+
+
+def _images_per_second_column():
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class ImagesPerSecond(ProgressColumn):
+        """Images/s of the first task (the images), blank until rich has a speed to show."""
+
+        def render(self, task) -> Text:
+            return Text(f"{task.speed:.1f} img/s" if task.speed else "", style="progress.data.speed")
+
+    return ImagesPerSecond()
 
 
 def download_callback(progress: Progress) -> Callable[[str, int, int | None], None]:

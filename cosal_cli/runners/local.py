@@ -147,6 +147,7 @@ class _Run:
                  save: SaveSpec):  # fmt: skip
         self.method, self.refiners, self.output_dir, self.existing = method, refiners, output_dir, existing
         self.summary, self.reporter, self.save = summary, reporter, save
+        self._advanced: dict[int, int] = {}  # images of a group already counted on the progress bar
 
     def groups(self, groups: list[Group], pending: list[Group]) -> None:
         """Decoding runs in a worker thread (Pillow releases the GIL), so the next group is read while
@@ -181,7 +182,11 @@ class _Run:
         started = time.perf_counter()
         report = self._new_report(group)
         try:
-            outcome = process_group(self.method, self.refiners, group, decoding.result())
+            self.reporter.doing(f"{group.name}: decoding")
+            decoded = decoding.result()
+            self.reporter.doing(f"{group.name}: computing {len(group.images)} image(s)")
+            outcome = process_group(self.method, self.refiners, group, decoded)
+            self.reporter.doing(f"{group.name}: writing")
             self._record(outcome, report)
             if outcome.maps is not None:
                 self._write(outcome, report)
@@ -213,6 +218,7 @@ class _Run:
             if self.existing == "skip" and _finished(paths):
                 report.skipped += 1
                 report.outputs.append({**entry, "status": "skipped"})
+                self._tick(report)
                 continue
             try:
                 photo = outcome.decoded.originals[index] if self.save.needs_photo else None
@@ -223,6 +229,7 @@ class _Run:
                 continue
             report.written += 1
             report.outputs.append({**entry, "status": "written"})
+            self._tick(report)
         self.summary.timings["write_s"] += time.perf_counter() - tick
 
     def _new_report(self, group: Group) -> GroupReport:
@@ -244,10 +251,15 @@ class _Run:
                                    "files": _as_strings(paths), "status": "skipped"})  # fmt: skip
         return report
 
+    def _tick(self, report: GroupReport) -> None:
+        """One image of the group is done: the progress bar moves per image, not per group."""
+        self._advanced[id(report)] = self._advanced.get(id(report), 0) + 1
+        self.reporter.advance(1)
+
     def _finish(self, report: GroupReport, started: float) -> None:
         report.seconds = time.perf_counter() - started if started else 0.0
         self.summary.groups.append(report)
-        self.reporter.advance(report.images)
+        self.reporter.advance(report.images - self._advanced.pop(id(report), 0))  # failures and the rest
         self.reporter.group_done(report)
 
     def _fail(self, report: GroupReport, problem: Problem, output: str = "") -> None:
