@@ -65,6 +65,10 @@ def detect(
                                     "in [0, 1], otsu, or adaptive (twice the map's mean) [default: adaptive]. "
                                     "Given, cut-outs get a hard alpha from the mask.", show_default=False)
     ] = None,
+    preview: Annotated[
+        bool, typer.Option("--preview", help="Also write OUTPUT/index.html: each group's photos, maps and "
+                           "overlays as thumbnails, with its notes and failures (static, relative links).")
+    ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     skip_existing: Annotated[
         bool, typer.Option("--skip-existing", help="Keep maps that exist (resume a run).")
@@ -109,6 +113,9 @@ def detect(
         raise UsageError(f"--group {group!r}: a group name is one folder name (no slashes, not . or ..)")
     outputs = io.SaveSpec.parse(save, threshold)
     discovery = io.discover(io.read_paths(paths), layout, group)
+    if preview and any(found.name.casefold() == "index_files" for found in discovery.groups):
+        raise UsageError("--preview keeps its thumbnails in OUTPUT/index_files/, and a group has that name; "
+                         "rename the group (--group, or its folder) or drop --preview")  # fmt: skip
     existing = "skip" if skip_existing else "overwrite" if overwrite else "error"
     total = sum(len(group.images) + len(group.problems) for group in discovery.groups)
 
@@ -127,8 +134,15 @@ def detect(
             reporter=reporter,
             download_progress=download_callback(progress) if progress else None,
             save=outputs,
+            preview=preview,
         )
     summary.notices[:0] = notices
+    if preview:
+        from cosal_cli.io.preview import write_page
+
+        page = write_page(output, summary.to_json())
+        if not quiet:
+            stderr.print(f"preview: {escape(str(page))}")
     if json_output:
         print_json(summary.to_json())
     if not quiet:

@@ -19,6 +19,7 @@ from cosal_cli.errors import Terminated, UsageError
 from cosal_cli.hub import ProgressCallback
 from cosal_cli.inference import decode_group
 from cosal_cli.io import Discovery, Group, ImageFile, Problem, SaveSpec
+from cosal_cli.io.preview import write_thumbnails
 from cosal_cli.methods.loader import load_method, resolve_device
 from cosal_cli.methods.options import MethodOptions
 from cosal_cli.refine import check_refiners, load_refiner
@@ -43,6 +44,7 @@ def run(
     reporter: Reporter,
     download_progress: ProgressCallback | None = None,
     save: SaveSpec = MAPS_ONLY,
+    preview: bool = False,
 ) -> Summary:
     """Run ``method_name`` (then its card's refiners and ``refine``) on every group; write the maps.
 
@@ -72,7 +74,7 @@ def run(
         summary.timings["weights_s"] = time.perf_counter() - tick
         for message in method.notices:
             _record_notice(summary, reporter, message)
-    run_context = _Run(method, refiners, output_dir, existing, summary, reporter, save)
+    run_context = _Run(method, refiners, output_dir, existing, summary, reporter, save, preview)
     try:
         run_context.groups(discovery.groups, pending)
     except KeyboardInterrupt as exc:  # the group being written is in the summary with what it wrote
@@ -144,16 +146,17 @@ class _Run:
     """One run's groups: decoded one ahead, processed, written and reported in input order."""
 
     def __init__(self, method, refiners, output_dir: Path, existing: str, summary: Summary, reporter: Reporter,
-                 save: SaveSpec):  # fmt: skip
+                 save: SaveSpec, preview: bool = False):  # fmt: skip
         self.method, self.refiners, self.output_dir, self.existing = method, refiners, output_dir, existing
-        self.summary, self.reporter, self.save = summary, reporter, save
+        self.summary, self.reporter, self.save, self.preview = summary, reporter, save, preview
         self._advanced: dict[int, int] = {}  # images of a group already counted on the progress bar
 
     def groups(self, groups: list[Group], pending: list[Group]) -> None:
         """Decoding runs in a worker thread (Pillow releases the GIL), so the next group is read while
         the current one is computed."""
         queue, pending_ids = iter(pending), {id(group) for group in pending}
-        keep = bool(self.refiners) or self.save.needs_photo  # full-size pixels for refiners, cut-outs, overlays
+        # full-size pixels for refiners, cut-outs, overlays and the preview's thumbnails
+        keep = bool(self.refiners) or self.save.needs_photo or self.preview
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cosal-decode") as pool:
 
             def decode_next() -> Future | None:
@@ -221,8 +224,11 @@ class _Run:
                 self._tick(report)
                 continue
             try:
-                photo = outcome.decoded.originals[index] if self.save.needs_photo else None
-                self.save.write(outcome.maps.eight_bit(index), photo, output_path(self.output_dir, group, image))
+                photo = outcome.decoded.originals[index] if self.save.needs_photo or self.preview else None
+                values = outcome.maps.eight_bit(index)
+                self.save.write(values, photo, output_path(self.output_dir, group, image))
+                if self.preview:
+                    write_thumbnails(self.output_dir, group.name, image.output_name, photo, values)
             except OSError as exc:
                 problem = Problem(image.path, f"cannot write {destination}: {exc.strerror or exc}", group.name)
                 self._fail(report, problem, output=str(destination))
