@@ -47,6 +47,9 @@ class MethodScores:
     resized: int = 0  # predictions resized to their mask's size
     seconds: float = 0.0
     detect: dict[str, Any] | None = None  # the detect summary, when the maps were made here
+    #: Each scored image's S-measure and prediction file, by "<group>/<stem>" (the report's worst images).
+    image_sm: dict[str, float] = field(default_factory=dict)
+    prediction_of: dict[str, Path] = field(default_factory=dict)
 
     @property
     def evaluated(self) -> int:
@@ -218,6 +221,8 @@ def evaluate(dataset: Dataset, pred_dir: Path, name: str, protocol: str, reporte
             reporter.problem(scored.problem)
         else:
             result.accumulator.add(scored.item.group, scored.scores)
+            result.image_sm[scored.item.key] = float(scored.scores.scalars["sm"])
+            result.prediction_of[scored.item.key] = index[scored.item.group.casefold()][scored.item.stem.casefold()]
             result.resized += scored.resized
         reporter.advance(1)
     if result.resized:

@@ -25,6 +25,7 @@ from cosal_cli import datasets
 from cosal_cli.bench import predictions_root
 from cosal_cli.cli import app
 from cosal_cli.errors import UsageError
+from cosal_cli.metrics import evaluate_pair
 
 # (image folder, mask folder) of each layout, relative to the data root.
 LAYOUTS = {
@@ -540,7 +541,8 @@ def test_report_writes_json_csvs_and_a_png(tmp_path):
     report = tmp_path / "report"
     printed = bench_json("--data-root", tmp_path / "data", "-d", "Toy", "--pred", tmp_path / "one",
                          "--pred", tmp_path / "two", "--report", report)  # fmt: skip
-    assert sorted(p.name for p in report.iterdir()) == ["curves.png", "metrics.csv", "metrics.json", "per_group.csv"]
+    assert sorted(p.name for p in report.iterdir()) == ["curves.png", "index.html", "index_files", "metrics.csv",
+                                                        "metrics.json", "per_group.csv"]  # fmt: skip
 
     document = json.loads((report / "metrics.json").read_text())
     methods = document["datasets"][0]["methods"]
@@ -568,6 +570,29 @@ def test_report_writes_json_csvs_and_a_png(tmp_path):
     with Image.open(report / "curves.png") as image:
         assert image.format == "PNG" and image.size[0] > 100
         image.verify()
+
+
+def test_the_report_page_shows_the_table_the_curves_and_each_methods_worst_images_per_group(tmp_path):
+    entries = make_dataset(tmp_path / "data", "canonical", {"a": 5, "b": 2})
+    write_predictions(tmp_path / "one", entries, seed=1)
+    write_predictions(tmp_path / "two", entries, seed=2)
+    report = tmp_path / "report"
+    printed = bench_json("--data-root", tmp_path / "data", "-d", "Toy", "--pred", tmp_path / "one",
+                         "--pred", tmp_path / "two", "--report", report)  # fmt: skip
+    page = (report / "index.html").read_text()
+    assert "src='curves.png'" in page and page.count("<tr><td>Toy</td>") == 2
+    assert f"{printed['datasets'][0]['methods'][0]['metrics']['sm']:.6f}"[:5] in page
+    # group a: the 3 worst of 5 for each method; group b: both of 2; a row = photo, ground truth, both maps
+    assert page.count("<h3>") == 4 and page.count("<tr><td class='name'>") == 3 + 3 + 2 + 2
+    assert page.count(".photo.jpg' alt") == page.count(".gt.png' alt") == page.count(".one.png' alt") == 10
+    scores = {}  # the rows of "a, one" are its three lowest S, lowest first
+    for entry in entries:
+        pred = np.asarray(Image.open(tmp_path / "one" / entry.group / f"{entry.stem}.png").convert("L"))
+        scores[(entry.group, entry.stem)] = evaluate_pair(pred, np.asarray(Image.open(entry.mask).convert("L")))
+    worst = sorted((stem for group, stem in scores if group == "a"), key=lambda s: scores[("a", s)].scalars["sm"])
+    section = page.split("<h3>a, one</h3>")[1].split("</table>")[0]
+    assert [row.split("</td>")[0] for row in section.split("<td class='name'>")[1:]] == worst[:3]
+    assert "http" not in page and all((report / "index_files" / "Toy").rglob("*.png"))
 
 
 def test_each_pred_folder_is_one_row_named_after_its_folder(tmp_path):

@@ -42,13 +42,13 @@ def test_the_page_lists_groups_images_notes_and_failures_with_relative_links(fak
     assert (out / "index.html").read_text().count("<tr><td class='name'>") == 5
 
 
-def test_the_page_loads_in_a_headless_browser_without_errors_or_network(fake_method, tmp_path):
+def open_in_browser(page_path: Path) -> tuple[list[str], list[str], int, int]:
+    """Console errors, requested URLs, and loaded / total images of a page in headless Chromium."""
     playwright = pytest.importorskip("playwright.sync_api", reason="the dev extra installs playwright")
     if CHROMIUM is None:
         if os.environ.get("COSAL_REQUIRE_BROWSER"):
             pytest.fail("COSAL_REQUIRE_BROWSER is set but no chromium is installed (apt-get install chromium)")
         pytest.skip("no chromium here (Debian: apt-get install chromium; CI installs it)")
-    out = run_with_preview(tmp_path)
     errors, requests = [], []
     with playwright.sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -56,10 +56,29 @@ def test_the_page_loads_in_a_headless_browser_without_errors_or_network(fake_met
         page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.on("request", lambda request: requests.append(request.url))
-        page.goto((out / "index.html").as_uri(), wait_until="load")
+        page.goto(page_path.as_uri(), wait_until="load")
         loaded = page.evaluate("[...document.images].filter(i => i.complete && i.naturalWidth > 0).length")
         total = page.evaluate("document.images.length")
         browser.close()
+    return errors, requests, loaded, total
+
+
+def test_the_page_loads_in_a_headless_browser_without_errors_or_network(fake_method, tmp_path):
+    out = run_with_preview(tmp_path)
+    errors, requests, loaded, total = open_in_browser(out / "index.html")
     assert errors == []
     assert all(url.startswith("file://") for url in requests), requests
     assert total == loaded == 5 * 3  # photo, map and overlay of each of the 5 images written
+
+
+def test_the_bench_report_page_loads_in_a_headless_browser(tmp_path, monkeypatch):
+    from .test_bench import bench_json, make_dataset, write_predictions
+
+    monkeypatch.chdir(tmp_path)
+    entries = make_dataset(tmp_path / "data", "canonical", {"a": 4, "b": 2})
+    write_predictions(tmp_path / "one", entries, seed=1)
+    bench_json("--data-root", tmp_path / "data", "-d", "Toy", "--pred", tmp_path / "one", "--report",
+               tmp_path / "report")  # fmt: skip
+    errors, requests, loaded, total = open_in_browser(tmp_path / "report" / "index.html")
+    assert errors == [] and all(url.startswith("file://") for url in requests), (errors, requests)
+    assert total == loaded == 1 + (3 + 2) * 3  # the curves; photo, ground truth, map of 3 + 2 worst images

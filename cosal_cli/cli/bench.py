@@ -99,7 +99,8 @@ def bench(
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network for weights.")] = False,
     report: Annotated[
         Optional[Path],
-        typer.Option("--report", help="Write metrics.json, metrics.csv, per_group.csv, curves.png here."),
+        typer.Option("--report", help="Write metrics.json, metrics.csv, per_group.csv, curves.png and index.html "
+                     "(the table, the curves and each method's worst images per group) here."),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors (and --json).")] = False,

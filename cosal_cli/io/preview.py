@@ -30,6 +30,7 @@ h1 { font-size: 1.3em; } h2 { font-size: 1.1em; margin-top: 1.6em; }
 table { border-collapse: collapse; } td, th { padding: 4px 8px; text-align: left; vertical-align: top; }
 img { max-width: 128px; max-height: 128px; background: #eee; }
 .note { color: #555; } .failure { color: #b00; } .name { font-family: monospace; }
+img.curves { max-width: 100%; max-height: none; }
 """
 
 
@@ -55,38 +56,50 @@ def write_thumbnails(output_dir: Path, group: str, map_name: str, photo: np.ndar
             images[kind].save(temporary, format="PNG" if kind == "map" else "JPEG", quality=85)
 
 
+def save_thumbnail(pixels: np.ndarray, path: Path) -> Path:
+    """(H, W) grey (PNG) or (H, W, 3) RGB (JPEG) uint8 pixels, at most THUMBNAIL_SIDE a side, atomically."""
+    image = Image.fromarray(pixels)
+    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.BILINEAR)
+    with atomic_output(path) as temporary:
+        image.save(temporary, format="PNG" if pixels.ndim == 2 else "JPEG", quality=85)
+    return path
+
+
+def html_page(title: str, body: list[str]) -> str:
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{text(title)}</title>"
+            f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")  # fmt: skip
+
+
 def write_page(output_dir: Path, summary: dict[str, Any]) -> Path:
     """``index.html`` for a run, from its JSON summary (``Summary.to_json()``)."""
     page = output_dir / PAGE
-    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>cosal: {_text(summary['method'])}"
-             f"</title><style>{STYLE}</style></head><body>", _header(summary)]  # fmt: skip
+    parts = [_header(summary)]
     failures_by_group: dict[str | None, list[dict]] = {}
     for failure in summary["failures"]:
         failures_by_group.setdefault(failure["group"], []).append(failure)
     for failure in failures_by_group.pop(None, []):  # inputs that are not groups at all
-        parts.append(f"<p class='failure'>{_text(failure['path'])}: {_text(failure['message'])}</p>")
+        parts.append(f"<p class='failure'>{text(failure['path'])}: {text(failure['message'])}</p>")
     for group in summary["groups"]:
         parts.append(_group_section(output_dir, group, summary["notices"], failures_by_group.get(group["name"], [])))
-    parts.append("</body></html>\n")
     output_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(page) as temporary:
-        temporary.write_text("\n".join(parts), encoding="utf-8")
+        temporary.write_text(html_page(f"cosal detect: {summary['method']}", parts), encoding="utf-8")
     return page
 
 
 def _header(summary: dict[str, Any]) -> str:
     counts = summary["counts"]
-    return (f"<h1>cosal detect: {_text(summary['method'])} on {_text(summary['device'])}</h1><p>{counts['groups']} "
+    return (f"<h1>cosal detect: {text(summary['method'])} on {text(summary['device'])}</h1><p>{counts['groups']} "
             f"group(s), {counts['images']} image(s): {counts['written']} written, {counts['skipped']} skipped, "
             f"{counts['failed']} failed (exit code {summary['exit_code']}).</p>")  # fmt: skip
 
 
 def _group_section(output_dir: Path, group: dict[str, Any], notices: list[str], failures: list[dict]) -> str:
     name = group["name"]
-    lines = [f"<h2 id='{_text(name)}'>{_text(name)} <span class='note'>({group['images']} image(s), "
-             f"from {_text(group['input'])})</span></h2>"]  # fmt: skip
-    lines += [f"<p class='note'>{_text(note)}</p>" for note in notices if note.startswith(f"{name}: ")]
-    lines += [f"<p class='failure'>{_text(Path(item['path']).name)}: {_text(item['message'])}</p>"
+    lines = [f"<h2 id='{text(name)}'>{text(name)} <span class='note'>({group['images']} image(s), "
+             f"from {text(group['input'])})</span></h2>"]  # fmt: skip
+    lines += [f"<p class='note'>{text(note)}</p>" for note in notices if note.startswith(f"{name}: ")]
+    lines += [f"<p class='failure'>{text(Path(item['path']).name)}: {text(item['message'])}</p>"
               for item in failures]  # fmt: skip
     rows = [_row(output_dir, name, entry) for entry in group["outputs"] if entry["status"] != "failed"]
     if rows:
@@ -100,16 +113,16 @@ def _row(output_dir: Path, group: str, entry: dict[str, Any]) -> str:
     map_path = Path(entry["files"].get("map", entry["output"])) if entry.get("files") else Path(entry["output"])
     thumbnails = thumbnail_paths(output_dir, group, map_path.name)
     if all(path.exists() for path in thumbnails.values()):
-        sources = {kind: _link(output_dir, path) for kind, path in thumbnails.items()}
+        sources = {kind: relative_link(output_dir, path) for kind, path in thumbnails.items()}
     else:  # skipped in this run: the map on disk and the photo where it was read, no overlay
-        sources = {"photo": _link(output_dir, Path(entry["input"])),
-                   "map": _link(output_dir, map_path) if map_path.exists() else None, "overlay": None}  # fmt: skip
-    cells = "".join(f"<td><img src='{_text(src)}' alt='{kind}' loading='lazy'></td>" if src else "<td>-</td>"
+        on_disk = relative_link(output_dir, map_path) if map_path.exists() else None
+        sources = {"photo": relative_link(output_dir, Path(entry["input"])), "map": on_disk, "overlay": None}
+    cells = "".join(f"<td><img src='{text(src)}' alt='{kind}' loading='lazy'></td>" if src else "<td>-</td>"
                     for kind, src in sources.items())  # fmt: skip
-    return f"<tr><td class='name'>{_text(Path(entry['input']).name)}<br>{_text(entry['status'])}</td>{cells}</tr>"
+    return f"<tr><td class='name'>{text(Path(entry['input']).name)}<br>{text(entry['status'])}</td>{cells}</tr>"
 
 
-def _link(output_dir: Path, path: Path) -> str:
+def relative_link(output_dir: Path, path: Path) -> str:
     """A relative URL from the page to ``path`` (forward slashes, percent-encoded)."""
     from urllib.parse import quote
 
@@ -117,5 +130,5 @@ def _link(output_dir: Path, path: Path) -> str:
     return quote(relative.replace(os.sep, "/"))
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
     return html.escape(str(value), quote=True)
