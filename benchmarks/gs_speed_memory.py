@@ -13,34 +13,8 @@ the float16 pool3-pool5 pyramid GS keeps so that VGG-16 runs once per image (0.6
 
 from __future__ import annotations
 
-import json
-import subprocess
-import tempfile
-from pathlib import Path
-
-import torch
-from csmg_speed_memory import network_rate  # beside this script: its folder is on sys.path
-from gicd_speed_memory import detect, example_batch, make_group, parse_arguments, print_peak_memory
-
-
-def main() -> None:
-    args = parse_arguments(__doc__)
-    device = torch.device(args.device)
-    batch = example_batch(args.speed_size, device)
-    print(f"\n{args.speed_size}-image group {'network img/s':>14} {'detect img/s':>13}")
-    rates = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        group = make_group(Path(tmp) / "group", args.speed_size)
-        for name in ("gs", "sod"):
-            rate = network_rate(name, (), batch, device, args.repeats)
-            result = subprocess.run(detect(group, Path(tmp) / name, name, args.device), capture_output=True,
-                                    text=True, check=True)  # fmt: skip
-            rates[name] = (rate, json.loads(result.stdout)["images_per_second"])
-            print(f"{name:<14} {rate:>14.2f} {rates[name][1]:>13.2f}")
-    (gs_network, gs_detect), (sod_network, sod_detect) = rates["gs"], rates["sod"]
-    print(f"gs / sod: network {gs_network / sod_network:.2f}x, detect {gs_detect / sod_detect:.2f}x")
-    print_peak_memory("gs", args.memory_sizes, args.device)
-
+from gicd_speed_memory import parse_arguments  # beside this script: its folder is on sys.path
+from gwd_speed_memory import beside_sod
 
 if __name__ == "__main__":
-    main()
+    beside_sod("gs", parse_arguments(__doc__))

@@ -22,27 +22,32 @@ from csmg_speed_memory import network_rate  # beside this script: its folder is 
 from gicd_speed_memory import detect, example_batch, make_group, parse_arguments, print_peak_memory
 
 
-def main() -> None:
-    from cosal_cli.models.gwd import GROUP_SIZE, covering_subsets
-
-    args = parse_arguments(__doc__)
+def beside_sod(name: str, args) -> None:
+    """``name``'s network and `cosal detect` images/s next to sod's (the same frozen VGG-16), then its peak memory."""
     device = torch.device(args.device)
     batch = example_batch(args.speed_size, device)
-    passes = len(covering_subsets([str(index) for index in range(args.speed_size)])) * GROUP_SIZE / args.speed_size
-    print(f"gwd head passes per image for {args.speed_size} images: {passes:.2f} (backbone: 1)")
     print(f"\n{args.speed_size}-image group {'network img/s':>14} {'detect img/s':>13}")
     rates = {}
     with tempfile.TemporaryDirectory() as tmp:
         group = make_group(Path(tmp) / "group", args.speed_size)
-        for name in ("gwd", "sod"):
-            rate = network_rate(name, (), batch, device, args.repeats)
-            result = subprocess.run(detect(group, Path(tmp) / name, name, args.device), capture_output=True,
+        for method in (name, "sod"):
+            rate = network_rate(method, (), batch, device, args.repeats)
+            result = subprocess.run(detect(group, Path(tmp) / method, method, args.device), capture_output=True,
                                     text=True, check=True)  # fmt: skip
-            rates[name] = (rate, json.loads(result.stdout)["images_per_second"])
-            print(f"{name:<14} {rate:>14.2f} {rates[name][1]:>13.2f}")
-    (gwd_network, gwd_detect), (sod_network, sod_detect) = rates["gwd"], rates["sod"]
-    print(f"gwd / sod: network {gwd_network / sod_network:.2f}x, detect {gwd_detect / sod_detect:.2f}x")
-    print_peak_memory("gwd", args.memory_sizes, args.device)
+            rates[method] = (rate, json.loads(result.stdout)["images_per_second"])
+            print(f"{method:<14} {rate:>14.2f} {rates[method][1]:>13.2f}")
+    (own_network, own_detect), (sod_network, sod_detect) = rates[name], rates["sod"]
+    print(f"{name} / sod: network {own_network / sod_network:.2f}x, detect {own_detect / sod_detect:.2f}x")
+    print_peak_memory(name, args.memory_sizes, args.device)
+
+
+def main() -> None:
+    from cosal_cli.models.gwd import GROUP_SIZE, covering_subsets
+
+    args = parse_arguments(__doc__)
+    passes = len(covering_subsets([str(index) for index in range(args.speed_size)])) * GROUP_SIZE / args.speed_size
+    print(f"gwd head passes per image for {args.speed_size} images: {passes:.2f} (backbone: 1)")
+    beside_sod("gwd", args)
 
 
 if __name__ == "__main__":

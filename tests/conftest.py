@@ -190,6 +190,21 @@ def detect_examples(out: Path, *options: str) -> tuple[dict, dict[str, tuple[flo
     return summary, example_map_scores(out)
 
 
+def example_groups(root: Path, counts: tuple[int, ...]) -> Path:
+    """Groups ``root/g<N>`` of N example photos each; flipped copies past the 14 examples, so no two alike."""
+    from PIL import Image
+
+    pictures = sorted((EXAMPLES / "Image").glob("*/*.jpg"))
+    for count in counts:
+        folder = root / f"g{count}"
+        folder.mkdir(parents=True)
+        for index in range(count):
+            picture = Image.open(pictures[index % len(pictures)]).convert("RGB")
+            flipped = index >= len(pictures)
+            (picture.transpose(Image.FLIP_LEFT_RIGHT) if flipped else picture).save(folder / f"{index}.png")
+    return root
+
+
 def check_shipped_head(hub: WeightHub, method: str, head: Path, max_bytes: int, role: str = "head") -> dict:
     """What every bundled head promises; returns its metadata for the method's own checks.
 

@@ -19,7 +19,7 @@ from cosal_cli.cli import app
 from .conftest import EXAMPLES
 
 CATS = sorted((EXAMPLES / "Image" / "cat").glob("*.jpg"))
-METHODS = ["gicd", "icnet", "sod", "gmr", "csmg-mask", "gwd"]
+METHODS = ["gicd", "icnet", "sod", "gmr", "csmg-mask", "gwd", "gs"]
 
 
 @pytest.fixture

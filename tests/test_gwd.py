@@ -208,19 +208,12 @@ def test_detect_gwd_on_the_examples_and_on_groups_of_1_2_7_and_23(linked_home, t
 
     from cosal_cli.cli import app
 
-    from .conftest import detect_examples
+    from .conftest import detect_examples, example_groups
 
     linked_home("vgg16-imagenet")
     _, scores = detect_examples(tmp_path / "examples", "--method", "gwd")
     assert np.mean([area for _, area in scores.values()]) > 0.85
-    pictures = sorted((EXAMPLES / "Image").glob("*/*.jpg"))
-    for count in (1, 2, 7, 23):
-        folder = tmp_path / "groups" / f"g{count}"
-        folder.mkdir(parents=True)
-        for index in range(count):  # flipped copies past the 14 examples: no two images alike
-            picture = Image.open(pictures[index % len(pictures)]).convert("RGB")
-            flipped = index >= len(pictures)
-            (picture.transpose(Image.FLIP_LEFT_RIGHT) if flipped else picture).save(folder / f"{index}.png")
+    example_groups(tmp_path / "groups", (1, 2, 7, 23))
     result = CliRunner().invoke(app, ["detect", str(tmp_path / "groups"), "-o", str(tmp_path / "out"), "--method",
                                       "gwd", "--offline", "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -110,10 +110,14 @@ class TrainableMethod(Method):
         from cosal_cli.models.heads import load_head
 
         super().__init__(weights, device, batch_size, options)
-        head = load_head(weights["head"], self.name)
+        head = load_head(weights[self.head_role()], self.name)
         network = self.build_network(weights["backbone"], head.config)
         network.head.load_state_dict(head.tensors, strict=True)
         self.network = network.to(device).eval()
+
+    def head_role(self) -> str:
+        """The weight role of the head to load: ``head``, or an ablation's head picked by the options (CSMG, GS)."""
+        return "head"
 
     @classmethod
     def from_network(cls, network: torch.nn.Module, device: torch.device, batch_size: int = 8) -> TrainableMethod:

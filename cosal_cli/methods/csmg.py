@@ -48,10 +48,8 @@ class Method(base.TrainableMethod):
     cached_sub_groups = True  # the cache holds each view masked by the ADMM of its own sub-group
     options_class = CsmgOptions
 
-    def __init__(self, weights: Mapping[str, Path], device: torch.device, batch_size: int = 8,
-                 options: base.MethodOptions | None = None):  # fmt: skip
-        role = HEAD_ROLES[(options or CsmgOptions()).branch_choice]  # type: ignore[attr-defined]
-        super().__init__({**weights, "head": weights[role]}, device, batch_size, options)
+    def head_role(self) -> str:
+        return HEAD_ROLES[self.options.branch_choice]
 
     @classmethod
     def build_network(cls, backbone: Path, config: Mapping | None = None) -> MaskGuidedFcn:

@@ -36,10 +36,8 @@ class Method(base.TrainableMethod):
     co_category_loss = True
     options_class = GsOptions
 
-    def __init__(self, weights: Mapping[str, Path], device: torch.device, batch_size: int = 8,
-                 options: base.MethodOptions | None = None):  # fmt: skip
-        role = HEAD_ROLES[(options or GsOptions()).head_choice]  # type: ignore[attr-defined]
-        super().__init__({**weights, "head": weights[role]}, device, batch_size, options)
+    def head_role(self) -> str:
+        return HEAD_ROLES[self.options.head_choice]
 
     @classmethod
     def build_network(cls, backbone: Path, config: Mapping | None = None) -> GroupSemanticNetwork:
