@@ -219,8 +219,10 @@ def test_cosal_train_gs_learns_maps_and_co_categories_and_gs_loads_the_head(tmp_
         sampler=SamplerSettings(size=128, min_group=3, max_group=4, outsider_fraction=0.2, collaborative_fraction=0.3),
         val_limit=3, device="cpu", offline=True, cache_views=2,
     )  # fmt: skip
-    with pytest.raises(UsageError, match="--cache-views"):
-        trainer.train(trainer.TrainSettings(**{**settings.__dict__, "cache_views": 0}), Recorder())
+    uncached = SamplerSettings(size=128, min_group=3, max_group=4)
+    with pytest.raises(UsageError, match="co-category branch from cached views: add --cache-views 1"):
+        trainer.train(trainer.TrainSettings(**{**settings.__dict__, "cache_views": 0, "sampler": uncached}),
+                      Recorder())  # fmt: skip
     recorder = Recorder()
     metadata = trainer.train(settings, recorder)
     assert metadata["training"]["loss"] == "bce"

@@ -262,6 +262,8 @@ def _check_settings(method_class: type[TrainableMethod], settings: TrainSettings
             f"--outsider-fraction: {settings.method} sees one image at a time, so it cannot learn that an image "
             "is outside its group; use it with co-saliency methods"
         )
+    if method_class.co_category_loss and not settings.cache_views:
+        raise UsageError(f"{settings.method} learns its co-category branch from cached views: add --cache-views 1")
     if settings.cache_views and not method_class.trains_from_cache:
         raise UsageError(f"--cache-views: {settings.method} cannot train from cached encoder outputs yet; drop it")
     if settings.sampler.collaborative_fraction > 0 and not (settings.cache_views and method_class.group_context):
