@@ -89,6 +89,17 @@ def test_the_backbone_runs_once_per_image_and_the_decoder_one_chunk_at_a_time(ne
     assert seen == {"conv1_1": 23, "decoded": 3}
 
 
+def test_a_method_counts_its_images_as_they_are_encoded_for_the_progress_bar(network):
+    from cosal_cli.methods.gs import Method
+
+    method = Method.from_network(network, torch.device("cpu"), batch_size=3)
+    counted = []
+    with method.counting_images(counted.append):
+        method.predict_group(torch.rand(7, 3, 32, 32))
+    method.predict_group(torch.rand(2, 3, 32, 32))  # outside: not counted
+    assert counted == [3, 3, 1]
+
+
 def test_the_category_logits_and_a_cached_sub_group_give_the_maps_of_the_images(network):
     images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():

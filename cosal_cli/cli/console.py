@@ -91,7 +91,7 @@ class ConsoleReporter:
 
     _last_traceback: str | None = None
 
-    def advance(self, images: int) -> None:
+    def advance(self, images: float) -> None:
         if self.progress is not None and self.task is not None:
             self.progress.advance(self.task, images)
 

@@ -12,7 +12,8 @@ its card declares (:mod:`cosal_cli.methods.options`); the loader refuses options
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -72,6 +73,10 @@ class Method(ABC):
         """Remarks about running on a group of ``count`` images (GWD pads groups smaller than five)."""
         return []
 
+    def counting_images(self, callback: Callable[[int], None]) -> AbstractContextManager:
+        """While in it, ``callback(k)`` as each chunk of k images is encoded (for progress); this method: never."""
+        return nullcontext()
+
 
 class TrainableMethod(Method):
     """A method with a head that ``cosal train`` learns on top of a frozen, shared backbone.
@@ -126,6 +131,14 @@ class TrainableMethod(Method):
         Method.__init__(method, {}, device, batch_size)
         method.network = network
         return method
+
+    @contextmanager
+    def counting_images(self, callback: Callable[[int], None]) -> Iterator[None]:
+        hook = self.network.input_layer().register_forward_pre_hook(lambda module, inputs: callback(len(inputs[0])))
+        try:
+            yield
+        finally:
+            hook.remove()
 
     @classmethod
     @abstractmethod

@@ -91,6 +91,11 @@ class FrozenBackboneNetwork(nn.Module):
         setattr(self, name, module.eval().requires_grad_(False))
         self._frozen.append(name)
 
+    def input_layer(self) -> nn.Module:
+        """The first layer of the first frozen module: every image of a group passes it when encoded."""
+        frozen = getattr(self, self._frozen[0])
+        return next(module for module in frozen.modules() if not list(module.children()))
+
     def train(self, mode: bool = True) -> FrozenBackboneNetwork:
         super().train(mode)
         for name in self._frozen:

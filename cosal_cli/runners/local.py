@@ -149,7 +149,7 @@ class _Run:
                  save: SaveSpec, preview: bool = False):  # fmt: skip
         self.method, self.refiners, self.output_dir, self.existing = method, refiners, output_dir, existing
         self.summary, self.reporter, self.save, self.preview = summary, reporter, save, preview
-        self._advanced: dict[int, int] = {}  # images of a group already counted on the progress bar
+        self._advanced: dict[int, float] = {}  # images of a group already counted on the progress bar
 
     def groups(self, groups: list[Group], pending: list[Group]) -> None:
         """Decoding runs in a worker thread (Pillow releases the GIL), so the next group is read while
@@ -188,7 +188,16 @@ class _Run:
             self.reporter.doing(f"{group.name}: decoding")
             decoded = decoding.result()
             self.reporter.doing(f"{group.name}: computing {len(group.images)} image(s)")
-            outcome = process_group(self.method, self.refiners, group, decoded)
+            encoded = [0]  # images of this group through the encoder so far (several passes count once)
+
+            def computed(count: int) -> None:  # half of an image's progress is its computation
+                step = min(count, len(decoded.images) - encoded[0])
+                encoded[0] += step
+                self._tick(report, 0.5 * step)
+
+            with self.method.counting_images(computed):
+                outcome = process_group(self.method, self.refiners, group, decoded)
+            self._tick(report, 0.5 * (len(decoded.images) - encoded[0]))  # methods that do not count
             self.reporter.doing(f"{group.name}: writing")
             self._record(outcome, report)
             if outcome.maps is not None:
@@ -257,15 +266,18 @@ class _Run:
                                    "files": _as_strings(paths), "status": "skipped"})  # fmt: skip
         return report
 
-    def _tick(self, report: GroupReport) -> None:
-        """One image of the group is done: the progress bar moves per image, not per group."""
-        self._advanced[id(report)] = self._advanced.get(id(report), 0) + 1
-        self.reporter.advance(1)
+    def _tick(self, report: GroupReport, images: float = 0.5) -> None:
+        """The progress bar moves per image as its map is computed (half) and written (half), not per group."""
+        if images:
+            self._advanced[id(report)] = self._advanced.get(id(report), 0.0) + images
+            self.reporter.advance(images)
 
     def _finish(self, report: GroupReport, started: float) -> None:
         report.seconds = time.perf_counter() - started if started else 0.0
         self.summary.groups.append(report)
-        self.reporter.advance(report.images - self._advanced.pop(id(report), 0))  # failures and the rest
+        rest = report.images - self._advanced.pop(id(report), 0.0)  # failures, and skipped groups
+        if rest > 1e-9:
+            self.reporter.advance(rest)
         self.reporter.group_done(report)
 
     def _fail(self, report: GroupReport, problem: Problem, output: str = "") -> None:
