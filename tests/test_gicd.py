@@ -267,3 +267,50 @@ def test_membership_never_dims_the_typical_image_and_dims_one_that_disagrees():
     torch.testing.assert_close(membership.weights(logits[order], consensus), weights[order])
     # A group of one is its own median: never dimmed.
     assert float(membership.weights(logits[4:], consensus)[0]) == 1.0
+
+
+# -- the GIM's gradient written out (no autograd) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("with_consensus", [True, False])
+def test_lite0s_explicit_gradient_equals_autograd(with_consensus):
+    from cosal_cli.models.efficientnet_lite import EfficientNetLite0
+    from cosal_cli.models.gicd import consensus_gradient
+    from cosal_cli.models.gicd_lite import GicdLite
+
+    torch.manual_seed(0)
+    network = GicdLite(EfficientNetLite0().eval()).eval()
+    features = torch.rand(3, 1280, 5, 6) * 4
+    consensus = torch.softmax(torch.randn(1, 1000), dim=1) if with_consensus else None
+    explicit = network.induce(features, consensus)
+    expected = consensus_gradient(network.logits, features, consensus)
+    scale = float(expected.abs().max())
+    assert scale > 0  # not a comparison of zeros
+    torch.testing.assert_close(explicit / scale, expected / scale, atol=1e-5, rtol=0)  # 1e-5 of its range
+
+
+@pytest.mark.parametrize(("height", "width", "with_consensus"), [(14, 14, True), (13, 17, False), (7, 7, False)])
+def test_the_vgg_classifiers_explicit_gradient_equals_autograd(height, width, with_consensus):
+    """fc8 -> fc7 -> fc6 (ReLU masks) -> the adaptive average pool -> conv5_3, on a small VGG-shaped head."""
+    from torch import nn
+
+    from cosal_cli.models.gicd import consensus_gradient, vgg_classifier_gradient
+
+    torch.manual_seed(1)
+    channels, hidden, classes = 6, 32, 20
+    avgpool = nn.AdaptiveAvgPool2d((7, 7))
+    classifier = nn.Sequential(nn.Linear(channels * 49, hidden), nn.ReLU(True), nn.Dropout(),
+                               nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(),
+                               nn.Linear(hidden, classes)).eval()  # fmt: skip
+    features = torch.relu(torch.randn(4, channels, height, width))
+    consensus = torch.softmax(torch.randn(1, classes), dim=1) if with_consensus else None
+
+    def logits(x):
+        return classifier(torch.flatten(avgpool(x), 1))
+
+    expected = consensus_gradient(logits, features, consensus)
+    with torch.no_grad():
+        explicit = vgg_classifier_gradient(avgpool, classifier, features, consensus)
+    scale = float(expected.abs().max())
+    assert scale > 0
+    torch.testing.assert_close(explicit / scale, expected / scale, atol=1e-5, rtol=0)  # 1e-5 of its range

@@ -28,7 +28,7 @@ class Method(base.TrainableMethod):
     name = "gicd"
     input_size = 224  # the paper's size; the GIM then works on Lite0's last 7 x 7 grid (official GICD: 14 x 14)
     loss = "soft-iou"
-    inference_mode = False  # the GIM takes a gradient
+    # the GIM's gradient is written out (GicdLite.induce), so no autograd is needed at inference
     trains_from_cache = True
     options_class = OutsiderOptions
 

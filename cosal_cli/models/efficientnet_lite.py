@@ -101,6 +101,11 @@ class EfficientNetLite0(nn.Module):
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(1280, num_classes)
 
+    @property
+    def fc(self) -> nn.Linear:
+        """The 1000-class linear layer after the global average pool (GICD's gradient is written with it)."""
+        return self._fc
+
     @classmethod
     def from_file(cls, path: Path) -> EfficientNetLite0:
         from cosal_cli.models.convert import load_state_dict_file

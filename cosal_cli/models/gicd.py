@@ -131,6 +131,46 @@ def consensus_gradient(
     return gradient
 
 
+def vgg_classifier_gradient(avgpool: nn.AdaptiveAvgPool2d, classifier: nn.Sequential, features: torch.Tensor,
+                            consensus: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+    """:func:`consensus_gradient` for the official GINet's VGG classifier, as explicit operations (no autograd).
+
+    ``classifier`` is torchvision's fc6, ReLU, Dropout, fc7, ReLU, Dropout, fc8 (dropout is the identity
+    at inference). Back from fc8: the consensus through fc8's weights, fc7's and fc6's ReLU masks and
+    weights, then the adaptive average pool to 7 x 7 (the official network has no max pool5 before its
+    classifier: it pools conv5_3 by averaging), spread back over each cell's window.
+    """
+    fc6, fc7, fc8 = classifier[0], classifier[3], classifier[6]
+    pooled = torch.flatten(avgpool(features), 1)
+    hidden6 = fc6(pooled)
+    hidden7 = fc7(F.relu(hidden6))
+    if consensus is None:
+        consensus = torch.softmax(fc8(F.relu(hidden7)).sum(dim=0, keepdim=True), dim=1)
+    upstream = consensus.expand(features.shape[0], -1)
+    upstream = (upstream @ fc8.weight) * (hidden7 > 0)
+    upstream = (upstream @ fc7.weight) * (hidden6 > 0)
+    cells = (upstream @ fc6.weight).view(features.shape[0], features.shape[1], *avgpool.output_size)
+    return adaptive_average_pool_backward(cells, features.shape[-2:])
+
+
+def adaptive_average_pool_backward(gradient: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The gradient w.r.t. the input of ``adaptive_avg_pool2d`` (to ``gradient``'s size) of an input of ``size``.
+
+    Each output cell averaged the window PyTorch gives it (rows floor(i H / h) to ceil((i + 1) H / h)),
+    so its gradient is shared evenly over that window; overlapping windows add up.
+    """
+    height, width = size
+    cells_high, cells_wide = gradient.shape[-2:]
+    result = gradient.new_zeros(*gradient.shape[:-2], height, width)
+    for row in range(cells_high):
+        top, bottom = row * height // cells_high, -(-(row + 1) * height // cells_high)
+        for column in range(cells_wide):
+            left, right = column * width // cells_wide, -(-(column + 1) * width // cells_wide)
+            share = gradient[..., row : row + 1, column : column + 1] / ((bottom - top) * (right - left))
+            result[..., top:bottom, left:right] += share
+    return result
+
+
 def gradient_cam(features: torch.Tensor, gradient: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """GICD's channel weighting and CAM, per image: (features weighted by the gradient, CAM in [0, 1]).
 

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cosal_cli.models.efficientnet_lite import STAGES, EfficientNetLite0, lite_normalise
-from cosal_cli.models.gicd import consensus_gradient, gradient_cam, group_consensus
+from cosal_cli.models.gicd import gradient_cam, group_consensus
 from cosal_cli.models.heads import FrozenBackboneNetwork
 from cosal_cli.models.membership import Membership, consensus_of
 
@@ -114,8 +114,17 @@ class GicdLite(FrozenBackboneNetwork):
         return group_consensus(lambda part: self.classifier(lite_normalise(part)), images, chunk)
 
     def induce(self, features: torch.Tensor, consensus: torch.Tensor | None) -> torch.Tensor:
-        """The gradient of <consensus, logits> w.r.t. ``features``; without ``consensus`` the images are the group."""
-        return consensus_gradient(self.logits, features, consensus)
+        """The gradient of <consensus, logits> w.r.t. ``features``; without ``consensus`` the images are the group.
+
+        Lite0's head is a global average pool and one linear layer, so the gradient is ``W^T c / HW`` at
+        every position of every image: written out, with no autograd (equal to
+        :func:`~cosal_cli.models.gicd.consensus_gradient` to float precision, tested).
+        """
+        if consensus is None:
+            consensus = consensus_of(self.logits(features))
+        height, width = features.shape[-2:]
+        direction = consensus.to(features.dtype) @ self.classifier.fc.weight / (height * width)  # (1, channels)
+        return direction[:, :, None, None].expand_as(features)
 
     def forward(self, images: torch.Tensor, consensus: torch.Tensor | None = None) -> list[torch.Tensor]:
         """(N, 3, S, S) RGB in [0, 1] to the decoder's logit maps (N, 1, S, S), finest first.
