@@ -16,7 +16,8 @@ from cosal_cli.cli import app
 
 COMMANDS = (["--help"], ["detect", "--help"], ["bench", "--help"], ["train", "--help"], ["methods", "--help"],
             ["weights", "--help"], ["weights", "list", "--help"], ["weights", "pull", "--help"],
-            ["weights", "import", "--help"], ["cache", "info", "--help"], ["cache", "clear", "--help"])  # fmt: skip
+            ["weights", "import", "--help"], ["cache", "info", "--help"], ["cache", "clear", "--help"],
+            ["export", "--help"])  # fmt: skip
 
 
 def run(*args: str, columns: int = 80):

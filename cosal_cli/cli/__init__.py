@@ -7,7 +7,7 @@ are imported inside the commands, so that ``cosal --help`` and ``cosal --version
 
 from __future__ import annotations
 
-from cosal_cli.cli import bench, cache, detect, methods, train, weights  # noqa: F401  (each registers its command)
+from cosal_cli.cli import bench, cache, detect, export, methods, train, weights  # noqa: F401  (each registers its command)
 from cosal_cli.cli.app import app
 
 __all__ = ["app", "main"]

@@ -22,7 +22,7 @@ import torch
 
 from cosal_cli.methods.options import MethodOptions, SismChoice, SismOptions
 
-__all__ = ["GroupImages", "Method", "MethodOptions", "SismChoice", "SismOptions", "TrainableMethod"]
+__all__ = ["ExportGraph", "GroupImages", "Method", "MethodOptions", "SismChoice", "SismOptions", "TrainableMethod"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,23 @@ class GroupImages:
 
     group: str
     stems: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ExportGraph:
+    """One ONNX graph of a method (``cosal export``): a module, example inputs, names and dynamic axes.
+
+    ``note`` says what the caller does around the graph (sum the consensus, apply a sigmoid...), for
+    ``export.json``.
+    """
+
+    name: str
+    module: torch.nn.Module
+    inputs: tuple[torch.Tensor, ...]
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    dynamic_axes: dict[str, dict[int, str]]
+    note: str = ""
 
 
 class Method(ABC):
@@ -72,6 +89,12 @@ class Method(ABC):
     def group_notices(self, count: int) -> list[str]:
         """Remarks about running on a group of ``count`` images (GWD pads groups smaller than five)."""
         return []
+
+    def export_graphs(self) -> list[ExportGraph]:
+        """The method's network as ONNX graphs (one per pass); a method without them cannot be exported yet."""
+        from cosal_cli.errors import UsageError
+
+        raise UsageError(f"method {self.name!r} cannot be exported to ONNX yet (sod and gicd can)")
 
     def counting_images(self, callback: Callable[[int], None]) -> AbstractContextManager:
         """While in it, ``callback(k)`` as each chunk of k images is encoded (for progress); this method: never."""

@@ -39,3 +39,39 @@ class Method(base.TrainableMethod):
     def predict_group(self, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
         membership = MEMBERSHIP if self.options.dim_outsiders else None
         return self.network.predict_group(images, chunk=self.batch_size, membership=membership)
+
+    def export_graphs(self) -> list[base.ExportGraph]:
+        """Two passes, as at inference: the group's ImageNet logits, then the GIM and decoder per chunk."""
+        size = self.input_size
+        images = torch.rand(2, 3, size, size, device=self.device)
+        consensus = torch.softmax(torch.randn(1, 1000, device=self.device), dim=1)
+        batch = {0: "images"}
+        return [
+            base.ExportGraph("consensus", _Logits(self.network), (images,), ("images",), ("logits",),
+                             {"images": batch, "logits": batch},
+                             "ImageNet logits of a chunk; the group's consensus is softmax(sum of all its logits)"),
+            base.ExportGraph("gim", _GimMaps(self.network), (images, consensus), ("images", "consensus"),
+                             ("maps", "logits"), {"images": batch, "maps": batch, "logits": batch},
+                             "maps of a chunk under the group's consensus (1, 1000), and the logits that "
+                             "outsider dimming weighs against it"),
+        ]  # fmt: skip
+
+
+class _Logits(torch.nn.Module):
+    def __init__(self, network: GicdLite):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network.logits(self.network.encode(images)[1])
+
+
+class _GimMaps(torch.nn.Module):
+    def __init__(self, network: GicdLite):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor, consensus: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pyramid, features = self.network.encode(images)
+        logits = self.network.decode(pyramid, features, images.shape[-2:], consensus)
+        return torch.sigmoid(logits[0][:, 0]), self.network.logits(features)

@@ -29,5 +29,22 @@ class Method(base.TrainableMethod):
         return SaliencyNetwork(VGG16Features.from_file(backbone), config)
 
     def predict_group(self, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
-        maps = [torch.sigmoid(self.network(chunk)[0][:, 0]) for chunk in images.split(self.batch_size)]
-        return torch.cat(maps)
+        return torch.cat([_Maps(self.network)(chunk) for chunk in images.split(self.batch_size)])
+
+    def export_graphs(self) -> list[base.ExportGraph]:
+        example = torch.rand(2, 3, self.input_size, self.input_size, device=self.device)
+        batch_and_size = {0: "images", 1: "height", 2: "width"}
+        return [base.ExportGraph("sod", _Maps(self.network), (example,), ("images",), ("maps",),
+                                 {"images": {0: "images", 2: "height", 3: "width"}, "maps": batch_and_size},
+                                 "maps of images of any size: every image alone")]  # fmt: skip
+
+
+class _Maps(torch.nn.Module):
+    """The network's final output as maps in [0, 1]: (k, 3, H, W) images to (k, H, W)."""
+
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.network(images)[0][:, 0])
