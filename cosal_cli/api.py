@@ -51,19 +51,21 @@ def load(
     batch_size: int = 8,
     refine: Sequence[str] = (),
     progress: ProgressCallback | None = None,
+    backend: str = "torch",
     **options: Any,
 ) -> Detector:
     """A ready detector: the method's weights fetched if needed (unless ``offline``) and verified.
 
     ``options`` are the method's own (``sism="gmr"``, ``subgroup=5`` for ICNet; see ``cosal methods``);
-    ``refine`` adds refiners after the method's (``refine=["ranking"]``). Errors are those of the
+    ``refine`` adds refiners after the method's (``refine=["ranking"]``); ``backend="onnxruntime"`` runs
+    the method's exported graphs in ONNX Runtime (sod and gicd so far). Errors are those of the
     command line: UsageError, WeightsUnavailable, ChecksumMismatch (all ``cosal_cli.errors.CosalError``).
     """
     name = method or methods.DEFAULT_METHOD
     typed = methods.options_for(name, options)
     refiner_names = methods.refiners_for(name, refine)
     check_refiners(refiner_names)  # an unknown refiner fails before any download
-    loaded = load_method(name, device, batch_size, offline, progress, typed)
+    loaded = load_method(name, device, batch_size, offline, progress, typed, backend)
     refiners = [load_refiner(refiner, str(loaded.device)) for refiner in refiner_names]
     return Detector(loaded, refiners, _weights_of(name))
 

@@ -274,6 +274,7 @@ def run(
     options=None,
     refine: Sequence[str] = (),
     download_progress=None,
+    backend: str = "torch",
 ) -> BenchResult:
     """Run ``methods`` on every dataset and score them together with the ``predictions`` folders.
 
@@ -291,7 +292,7 @@ def run(
             for method in methods:
                 method_options = (options or {}).get(method)
                 label = method_label(method, refine, method_options)
-                run = _MethodRun(method, label, method_options, list(refine))
+                run = _MethodRun(method, label, method_options, list(refine), backend)
                 summary = _detect(dataset, run, output, existing, device_spec, batch_size, offline, reporter,
                                   download_progress)  # fmt: skip
                 reporter.stage(f"{dataset.name}: scoring {label}", len(dataset.items))
@@ -323,6 +324,7 @@ class _MethodRun:
     label: str
     options: Any
     refine: list[str]
+    backend: str = "torch"
 
 
 def _detect(dataset, run: _MethodRun, output, existing, device_spec, batch_size, offline, reporter, download_progress):
@@ -348,6 +350,7 @@ def _detect(dataset, run: _MethodRun, output, existing, device_spec, batch_size,
         refine=run.refine,
         reporter=reporter,
         download_progress=download_progress,
+        backend=run.backend,
     )
     if summary.interrupted:
         raise Terminated if summary.terminated else KeyboardInterrupt

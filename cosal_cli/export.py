@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from cosal_cli import __version__, methods
 from cosal_cli.errors import UsageError
@@ -24,6 +21,7 @@ from cosal_cli.hub import WeightHub
 from cosal_cli.io import atomic_output
 from cosal_cli.methods.base import ExportGraph
 from cosal_cli.methods.loader import load_method
+from cosal_cli.methods.onnx_backend import write_graph
 
 EXPORT_FORMAT = "cosal-onnx-export/1"
 DEFAULT_OPSET = 17
@@ -57,17 +55,7 @@ def export_method(name: str, output: Path, opset: int = DEFAULT_OPSET, offline: 
 
 
 def _write_graph(graph: ExportGraph, path: Path, opset: int) -> dict[str, Any]:
-    import onnx
-
-    module = graph.module.eval()
-    with atomic_output(path) as temporary, torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notice
-        # Graphs with a fixed input size (gicd's 224 x 224) fold shape arithmetic into constants, as they should.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(module, graph.inputs, str(temporary), dynamo=False, opset_version=opset,
-                          input_names=list(graph.input_names), output_names=list(graph.output_names),
-                          dynamic_axes=graph.dynamic_axes)  # fmt: skip
-        onnx.checker.check_model(str(temporary), full_check=True)
+    write_graph(graph, path, opset)
     return {"graph": graph.name, "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "inputs": list(graph.input_names), "outputs": list(graph.output_names),
             "dynamic_axes": {key: {str(axis): label for axis, label in axes.items()}

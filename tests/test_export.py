@@ -58,12 +58,12 @@ def test_sod_exports_one_graph_that_gives_torchs_maps_at_any_size(tmp_path, link
 
 
 @pytest.mark.weights
-def test_gicd_exports_its_two_passes_and_they_give_torchs_maps(tmp_path, linked_home):
+def test_gicd_exports_its_passes_and_they_give_torchs_maps(tmp_path, linked_home):
     from cosal_cli.methods.loader import load_method
 
     linked_home("efficientnet-lite0-imagenet")
     description = export(tmp_path, "gicd", "--opset", "18")
-    assert [entry["graph"] for entry in description["files"]] == ["consensus", "gim"]
+    assert [entry["graph"] for entry in description["files"]] == ["group", "consensus", "gim"]
     assert description["opset"] == 18
     images = example_batch()
     logits = np.concatenate([session(tmp_path / "gicd.consensus.onnx").run(None, {"images": part.numpy()})[0]
@@ -81,6 +81,73 @@ def test_gicd_exports_its_two_passes_and_they_give_torchs_maps(tmp_path, linked_
 
 def test_a_method_without_graphs_and_a_bad_opset_are_usage_errors(tmp_path):
     result = CliRunner().invoke(app, ["export", "-m", "gmr", "-o", str(tmp_path), "--offline"])
-    assert result.exit_code == 2 and "cannot be exported to ONNX yet" in result.output
+    assert result.exit_code == 2 and "cannot be exported to ONNX" in result.output
     result = CliRunner().invoke(app, ["export", "-m", "sod", "-o", str(tmp_path), "--opset", "3", "--offline"])
     assert result.exit_code == 2 and "--opset 3" in result.output
+
+
+# -- --backend onnxruntime -------------------------------------------------------------------------
+
+
+def read_maps(folder):
+    return {path.relative_to(folder): np.asarray(Image.open(path), dtype=int) for path in sorted(folder.rglob("*.png"))}
+
+
+@pytest.mark.weights
+@pytest.mark.parametrize(("method", "component"), [("sod", "vgg16-imagenet"), ("gicd", "efficientnet-lite0-imagenet")])
+def test_detect_with_onnxruntime_gives_torchs_maps_and_exports_once(tmp_path, linked_home, monkeypatch, method,
+                                                                    component):  # fmt: skip
+    from cosal_cli.methods import onnx_backend
+
+    home = linked_home(component)
+    exported = []
+    real_write = onnx_backend.write_graph
+    monkeypatch.setattr(onnx_backend, "write_graph", lambda graph, path, *rest: exported.append(path.name) or
+                        real_write(graph, path, *rest))  # fmt: skip
+    runs = {}
+    for backend in ("torch", "onnxruntime", "onnxruntime"):
+        out = tmp_path / f"{backend}-{len(runs)}"
+        result = CliRunner().invoke(app, ["detect", str(EXAMPLES), "-o", str(out), "-m", method, "--offline", "--json",
+                                          "--backend", backend, "--batch-size", "5"])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["backend"] == backend
+        runs[out.name] = read_maps(out)
+    torch_maps, first, second = runs.values()
+    assert first.keys() == torch_maps.keys() and len(first) == 14
+    assert max(int(np.abs(first[key] - torch_maps[key]).max()) for key in first) <= 2  # within 2/255
+    assert all(np.array_equal(first[key], second[key]) for key in first)
+    expected = {"sod": ["sod.sod.onnx"], "gicd": ["gicd.group.onnx", "gicd.consensus.onnx", "gicd.gim.onnx"]}
+    assert exported == expected[method]  # the second run used the cached graphs
+    assert [path.name for path in (home / "onnx").iterdir()][0].startswith(f"{method}-")
+
+
+@pytest.mark.weights
+def test_the_python_api_takes_the_backend(linked_home):
+    import cosal_cli
+
+    linked_home("vgg16-imagenet")
+    pictures = sorted((EXAMPLES / "Image" / "cat").glob("*.jpg"))[:3]
+    on_torch = cosal_cli.load("sod", device="cpu", offline=True).predict(pictures)
+    on_onnx = cosal_cli.load("sod", device="cpu", offline=True, backend="onnxruntime").predict(pictures)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(on_torch, on_onnx)) < 2 / 255
+
+
+def test_cuda_without_the_cuda_provider_is_a_usage_error_naming_the_package():
+    from cosal_cli.errors import UsageError
+    from cosal_cli.methods.onnx_backend import providers
+
+    assert providers(torch.device("cpu")) == ["CPUExecutionProvider"]
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    with pytest.raises(UsageError, match="pip install onnxruntime-gpu"):
+        providers(torch.device("cuda"))
+
+
+def test_a_method_without_graphs_cannot_run_on_onnxruntime(tmp_path):
+    result = CliRunner().invoke(app, ["detect", str(EXAMPLES), "-o", str(tmp_path), "-m", "gmr", "--backend",
+                                      "onnxruntime", "--offline"])  # fmt: skip
+    assert result.exit_code == 2 and "cannot be exported to ONNX or run in onnxruntime yet" in result.output
+    result = CliRunner().invoke(app, ["detect", str(EXAMPLES), "-o", str(tmp_path), "--backend", "tf"])
+    assert result.exit_code == 2 and "--backend must be torch or onnxruntime" in result.output

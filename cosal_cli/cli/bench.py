@@ -21,6 +21,7 @@ from cosal_cli.cli.console import (
     stdout,
 )
 from cosal_cli.cli.options import (
+    BackendOption,
     BranchesOption,
     ChunkOption,
     CoCategoryOption,
@@ -84,6 +85,7 @@ def bench(
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Reuse maps already in OUTPUT.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute maps already in OUTPUT.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    backend: BackendOption = "torch",
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
     sism: SismOption = None,
     sism_dir: SismDirOption = None,
@@ -152,6 +154,7 @@ def bench(
             options=options,
             refine=refine or [],
             download_progress=download_callback(progress) if progress else None,
+            backend=backend,
         )
     if report is not None:
         from cosal_cli.report import write_report

@@ -17,6 +17,7 @@ from cosal_cli.cli.console import (
     stderr,
 )
 from cosal_cli.cli.options import (
+    BackendOption,
     BranchesOption,
     ChunkOption,
     CoCategoryOption,
@@ -70,6 +71,7 @@ def detect(
                            "overlays as thumbnails, with its notes and failures (static, relative links).")
     ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    backend: BackendOption = "torch",
     skip_existing: Annotated[
         bool, typer.Option("--skip-existing", help="Keep maps that exist (resume a run).")
     ] = False,
@@ -135,6 +137,7 @@ def detect(
             download_progress=download_callback(progress) if progress else None,
             save=outputs,
             preview=preview,
+            backend=backend,
         )
     summary.notices[:0] = notices
     if preview:

@@ -28,6 +28,10 @@ MethodOption = Annotated[
     Optional[str], typer.Option("--method", "-m", metavar="METHOD", show_default=False,
                                 help=f"One of {method_choices()}; `cosal methods NAME` describes one.")
 ]  # fmt: skip
+BackendOption = Annotated[
+    str, typer.Option("--backend", metavar="torch|onnxruntime", help="Run the method in torch, or its exported "
+                      "graphs in ONNX Runtime (sod and gicd so far; graphs cached in $COSAL_HOME/onnx/).")
+]  # fmt: skip
 SismOption = Annotated[Optional[str], typer.Option("--sism", help=_method_help("sism"))]
 SismDirOption = Annotated[Optional[Path], typer.Option("--sism-dir", help=_method_help("sism_dir"))]
 SubgroupOption = Annotated[Optional[int], typer.Option("--subgroup", min=1, help=_method_help("subgroup"))]

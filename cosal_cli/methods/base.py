@@ -90,11 +90,22 @@ class Method(ABC):
         """Remarks about running on a group of ``count`` images (GWD pads groups smaller than five)."""
         return []
 
-    def export_graphs(self) -> list[ExportGraph]:
-        """The method's network as ONNX graphs (one per pass); a method without them cannot be exported yet."""
+    def graph_names(self) -> tuple[str, ...]:
+        """The names of :meth:`export_graphs`' graphs (without building them); none: not exportable yet."""
         from cosal_cli.errors import UsageError
 
-        raise UsageError(f"method {self.name!r} cannot be exported to ONNX yet (sod and gicd can)")
+        raise UsageError(f"method {self.name!r} cannot be exported to ONNX or run in onnxruntime yet "
+                         "(sod and gicd can)")  # fmt: skip
+
+    def export_graphs(self) -> list[ExportGraph]:
+        """The method's network as ONNX graphs (one per pass), named as :meth:`graph_names` says."""
+        self.graph_names()
+        raise NotImplementedError
+
+    def predict_with_graphs(self, run: Callable[[str, dict], list], images: torch.Tensor) -> torch.Tensor:
+        """:meth:`predict_group` with the exported graphs: ``run(graph name, {input: array})`` gives its outputs."""
+        self.graph_names()
+        raise NotImplementedError
 
     def counting_images(self, callback: Callable[[int], None]) -> AbstractContextManager:
         """While in it, ``callback(k)`` as each chunk of k images is encoded (for progress); this method: never."""

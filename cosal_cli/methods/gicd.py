@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cosal_cli.methods import base
@@ -17,7 +18,7 @@ from cosal_cli.methods.base import GroupImages
 from cosal_cli.methods.options import OutsiderOptions
 from cosal_cli.models.efficientnet_lite import EfficientNetLite0
 from cosal_cli.models.gicd_lite import GicdLite
-from cosal_cli.models.membership import Membership
+from cosal_cli.models.membership import Membership, consensus_of
 
 #: Tuned on groups of shared-v2 *training* images (benchmarks/tune_membership.py, README "Outsiders"): the
 #: smallest offset with which at most 1 % of their objects (groups without outsiders) fall below 0.5.
@@ -40,21 +41,43 @@ class Method(base.TrainableMethod):
         membership = MEMBERSHIP if self.options.dim_outsiders else None
         return self.network.predict_group(images, chunk=self.batch_size, membership=membership)
 
+    def graph_names(self) -> tuple[str, ...]:
+        return ("group", "consensus", "gim")
+
     def export_graphs(self) -> list[base.ExportGraph]:
-        """Two passes, as at inference: the group's ImageNet logits, then the GIM and decoder per chunk."""
+        """As at inference: a group that fits one chunk in one pass; a larger one's logits, then the GIM per chunk."""
         size = self.input_size
         images = torch.rand(2, 3, size, size, device=self.device)
         consensus = torch.softmax(torch.randn(1, 1000, device=self.device), dim=1)
         batch = {0: "images"}
+        maps_and_logits = {"images": batch, "maps": batch, "logits": batch}
         return [
+            base.ExportGraph("group", _GimMaps(self.network), (images,), ("images",), ("maps", "logits"),
+                             maps_and_logits, "maps of a whole group in one pass (its own consensus), and its "
+                             "logits, which outsider dimming weighs against that consensus"),
             base.ExportGraph("consensus", _Logits(self.network), (images,), ("images",), ("logits",),
                              {"images": batch, "logits": batch},
                              "ImageNet logits of a chunk; the group's consensus is softmax(sum of all its logits)"),
             base.ExportGraph("gim", _GimMaps(self.network), (images, consensus), ("images", "consensus"),
-                             ("maps", "logits"), {"images": batch, "maps": batch, "logits": batch},
-                             "maps of a chunk under the group's consensus (1, 1000), and the logits that "
-                             "outsider dimming weighs against it"),
+                             ("maps", "logits"), maps_and_logits, "maps of a chunk under the group's consensus "
+                             "(1, 1000), and the logits"),
         ]  # fmt: skip
+
+    def predict_with_graphs(self, run, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`GicdLite.predict_group`'s steps around the graphs: one pass for a group that fits a chunk."""
+        chunks = [part.numpy() for part in images.split(self.batch_size)]
+        if len(chunks) == 1:
+            maps, logits = (torch.from_numpy(array) for array in run("group", {"images": chunks[0]}))
+            consensus = consensus_of(logits)
+        else:
+            logits = torch.cat([torch.from_numpy(run("consensus", {"images": chunk})[0]) for chunk in chunks])
+            consensus = consensus_of(logits)
+            given = consensus.numpy().astype(np.float32)
+            maps = torch.cat([torch.from_numpy(run("gim", {"images": chunk, "consensus": given})[0])
+                              for chunk in chunks])  # fmt: skip
+        if self.options.dim_outsiders:
+            maps = maps * MEMBERSHIP.weights(logits, consensus)[:, None, None]
+        return maps
 
 
 class _Logits(torch.nn.Module):
@@ -71,7 +94,7 @@ class _GimMaps(torch.nn.Module):
         super().__init__()
         self.network = network
 
-    def forward(self, images: torch.Tensor, consensus: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, consensus: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         pyramid, features = self.network.encode(images)
         logits = self.network.decode(pyramid, features, images.shape[-2:], consensus)
         return torch.sigmoid(logits[0][:, 0]), self.network.logits(features)

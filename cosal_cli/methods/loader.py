@@ -50,16 +50,32 @@ def load_method(
     offline: bool = False,
     progress: ProgressCallback | None = None,
     options: MethodOptions | None = None,
+    backend: str = "torch",
 ) -> Method:
     """A ready method with its verified weights (fetched first when missing and allowed).
 
     ``options`` the method does not take are a usage error (``--sism`` for a method without SISMs).
+    ``backend="onnxruntime"`` runs the method's graphs in ONNX Runtime (:mod:`.onnx_backend`).
     """
+    from cosal_cli.methods.onnx_backend import BACKENDS, load_onnx, providers
+
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend must be torch or onnxruntime, not {backend!r}")
     options = methods.check_options(name, options or methods.card(name).options())
-    return methods.method_class(name)(
-        resolve_roles(name, offline, progress), resolve_device(device), batch_size=batch_size,
-        options=replace(options, offline=offline),
+    chosen = resolve_device(device)
+    if backend == "onnxruntime":
+        providers(chosen)  # a missing CUDA provider or onnxruntime fails before any weights are read
+    method = methods.method_class(name)(
+        resolve_roles(name, offline, progress), chosen if backend == "torch" else torch.device("cpu"),
+        batch_size=batch_size, options=replace(options, offline=offline),
     )  # fmt: skip
+    if backend == "torch":
+        return method
+    method.graph_names()  # a method without graphs is a usage error before anything is exported
+    hub = WeightHub()
+    weights = {role: hub.expected_sha256(hub.manifest.component(component))
+               for role, component in hub.manifest.roles(name).items()}  # fmt: skip
+    return load_onnx(method, hub.home, weights, chosen)
 
 
 def resolve_roles(method_name: str, offline: bool = False, progress: ProgressCallback | None = None) -> dict[str, Path]:

@@ -31,6 +31,13 @@ class Method(base.TrainableMethod):
     def predict_group(self, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
         return torch.cat([_Maps(self.network)(chunk) for chunk in images.split(self.batch_size)])
 
+    def graph_names(self) -> tuple[str, ...]:
+        return ("sod",)
+
+    def predict_with_graphs(self, run, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.from_numpy(run("sod", {"images": chunk.numpy()})[0])
+                          for chunk in images.split(self.batch_size)])  # fmt: skip
+
     def export_graphs(self) -> list[base.ExportGraph]:
         example = torch.rand(2, 3, self.input_size, self.input_size, device=self.device)
         batch_and_size = {0: "images", 1: "height", 2: "width"}

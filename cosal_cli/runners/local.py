@@ -45,6 +45,7 @@ def run(
     download_progress: ProgressCallback | None = None,
     save: SaveSpec = MAPS_ONLY,
     preview: bool = False,
+    backend: str = "torch",
 ) -> Summary:
     """Run ``method_name`` (then its card's refiners and ``refine``) on every group; write the maps.
 
@@ -60,7 +61,8 @@ def run(
     refiners = [load_refiner(name, str(device)) for name in refiner_names]
     check_output_location(discovery, output_dir)
     check_existing(discovery, output_dir, existing, save)
-    summary = Summary(method=method_name, device=str(device), output=str(output_dir), refiners=refiner_names)
+    summary = Summary(method=method_name, device=str(device), output=str(output_dir), refiners=refiner_names,
+                      backend=backend)  # fmt: skip
     for problem in discovery.problems:
         _record_problem(summary, reporter, problem)
     for message in discovery.notices:
@@ -70,7 +72,7 @@ def run(
     method = None
     if pending:  # weights are only needed (and fetched) when there is work
         tick = time.perf_counter()
-        method = load_method(method_name, device, batch_size, offline, download_progress, options)
+        method = load_method(method_name, device, batch_size, offline, download_progress, options, backend)
         summary.timings["weights_s"] = time.perf_counter() - tick
         for message in method.notices:
             _record_notice(summary, reporter, message)

@@ -47,6 +47,7 @@ class Summary:
     notices: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     refiners: list[str] = field(default_factory=list)
+    backend: str = "torch"  # or "onnxruntime" (--backend)
     interrupted: bool = False
     terminated: bool = False  # the interruption was SIGTERM, not Ctrl-C
     internal_errors: int = 0  # groups in which cosal itself failed (a bug, not the input)
@@ -79,6 +80,7 @@ class Summary:
             "method": self.method,
             "refiners": self.refiners,
             "device": self.device,
+            "backend": self.backend,
             "output": self.output,
             "exit_code": int(self.exit_code),
             "interrupted": self.interrupted,
