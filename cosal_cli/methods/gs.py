@@ -15,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cosal_cli.methods import base
 from cosal_cli.methods.base import GroupImages
 from cosal_cli.methods.options import GsOptions
-from cosal_cli.models.gs import GroupSemanticNetwork
+from cosal_cli.models.gs import LEVELS, GroupSemanticNetwork
 from cosal_cli.models.vgg import VGG16Features
 
 #: The head role of each (--co-category, --pooling) choice.
@@ -45,3 +46,57 @@ class Method(base.TrainableMethod):
 
     def predict_group(self, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
         return self.network.predict_group(images, chunk=self.batch_size)
+
+    def graph_names(self) -> tuple[str, ...]:
+        return ("encode", "decode")
+
+    def export_graphs(self) -> list[base.ExportGraph]:
+        """The two passes of :meth:`GroupSemanticNetwork.predict_group`: pyramid and running sums, then maps."""
+        images = torch.rand(2, 3, self.input_size, self.input_size, device=self.device)
+        with torch.no_grad():
+            levels = self.network.encode(images)
+            semantic = self.network.group_semantic(levels["pool5"])
+        batch = {0: "images"}
+        pyramid = tuple(levels[level] for level in LEVELS)
+        return [
+            base.ExportGraph("encode", _Encode(self.network), (images,), ("images",), (*LEVELS, "sums"),
+                             {"images": batch, **dict.fromkeys(LEVELS, batch)},
+                             "a chunk's scaled pool3-pool5 and its H-LRBP running sums; the caller adds the "
+                             "sums over the group and makes the group vector s"),
+            base.ExportGraph("decode", _Decode(self.network), (*pyramid, semantic), (*LEVELS, "semantic"),
+                             ("maps",), {**dict.fromkeys(LEVELS, batch), "maps": batch},
+                             "maps of a chunk from its pyramid and the group vector s"),
+        ]  # fmt: skip
+
+    def predict_with_graphs(self, run, images: torch.Tensor) -> torch.Tensor:
+        kept, totals = [], None
+        for chunk in images.split(self.batch_size):
+            *pyramid, sums = run("encode", {"images": chunk.numpy()})
+            totals = torch.from_numpy(sums) if totals is None else totals + torch.from_numpy(sums)
+            kept.append([level.astype(np.float16) for level in pyramid])  # as the torch path keeps them
+        with torch.no_grad():
+            semantic = self.network.head.semantics.vector(totals, images.shape[0]).numpy()
+        maps = [run("decode", {**{name: level.astype(np.float32) for name, level in zip(LEVELS, pyramid)},
+                               "semantic": semantic})[0] for pyramid in kept]  # fmt: skip
+        return torch.from_numpy(np.concatenate(maps))
+
+
+class _Encode(torch.nn.Module):
+    def __init__(self, network: GroupSemanticNetwork):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        levels = self.network.encode(images)
+        return (*(levels[level] for level in LEVELS), self.network.head.semantics.add(levels["pool5"]))
+
+
+class _Decode(torch.nn.Module):
+    def __init__(self, network: GroupSemanticNetwork):
+        super().__init__()
+        self.network = network
+
+    def forward(self, pool3, pool4, pool5, semantic) -> torch.Tensor:
+        levels = {"pool3": pool3, "pool4": pool4, "pool5": pool5}
+        size = (pool3.shape[-2] * 8, pool3.shape[-1] * 8)  # pool3 is at 1/8 of the input
+        return torch.sigmoid(self.network.decode(levels, semantic, size)[:, 0])
