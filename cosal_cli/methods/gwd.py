@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cosal_cli.methods import base
 from cosal_cli.methods.base import GroupImages
-from cosal_cli.models.gwd import GROUP_SIZE, GroupWiseFcn
+from cosal_cli.models.gwd import FEATURE_SCALE, GROUP_SIZE, GroupWiseFcn, content_keys, covering_subsets
 from cosal_cli.models.vgg import VGG16Features
 
 
@@ -33,8 +34,59 @@ class Method(base.TrainableMethod):
     def predict_group(self, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
         return self.network.predict_group(images, chunk=self.batch_size)
 
+    def graph_names(self) -> tuple[str, ...]:
+        return ("encode", "subsets")
+
+    def export_graphs(self) -> list[base.ExportGraph]:
+        """Per image: scaled relu5_3 and the single-image block; per five-image subset: the maps."""
+        images = torch.rand(2, 3, self.input_size, self.input_size, device=self.device)
+        with torch.no_grad():
+            scaled, single = _Encode(self.network)(images)
+        subsets = (scaled[[0, 1, 0, 1, 0]][None], single[[0, 1, 0, 1, 0]][None])
+        batch = {0: "images"}
+        return [
+            base.ExportGraph("encode", _Encode(self.network), (images,), ("images",), ("scaled", "single"),
+                             {"images": batch, "scaled": batch, "single": batch},
+                             "each image's scaled relu5_3 and single-image features"),
+            base.ExportGraph("subsets", _Subsets(self.network), subsets, ("scaled", "single"), ("maps",),
+                             {"scaled": {0: "subsets"}, "single": {0: "subsets"}, "maps": {0: "maps"}},
+                             "maps (subsets x 5) of subsets of five images (the caller picks the covering "
+                             "subsets and averages each image's maps)"),
+        ]  # fmt: skip
+
+    def predict_with_graphs(self, run, images: torch.Tensor) -> torch.Tensor:
+        encoded = [run("encode", {"images": chunk.numpy()}) for chunk in images.split(self.batch_size)]
+        scaled, single = (np.concatenate(parts) for parts in zip(*encoded))
+        subsets = np.array(covering_subsets(content_keys(images)))
+        total = np.zeros((images.shape[0], *images.shape[-2:]), np.float32)
+        for part in np.array_split(subsets, max(1, -(-len(subsets) // self.batch_size))):
+            maps = run("subsets", {"scaled": scaled[part], "single": single[part]})[0]
+            np.add.at(total, part.reshape(-1), maps)
+        return torch.from_numpy(total / np.bincount(subsets.reshape(-1), minlength=len(total))[:, None, None])
+
     def group_notices(self, count: int) -> list[str]:
         if count >= GROUP_SIZE:
             return []
         return [f"gwd takes {GROUP_SIZE} images at a time: this group of {count} was padded to {GROUP_SIZE} "
                 "by repeating its images, so the group context is weaker than in a larger group"]  # fmt: skip
+
+
+class _Encode(torch.nn.Module):
+    def __init__(self, network: GroupWiseFcn):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scaled = self.network.encode(images) * FEATURE_SCALE
+        return scaled, self.network.head.single(scaled)
+
+
+class _Subsets(torch.nn.Module):
+    def __init__(self, network: GroupWiseFcn):
+        super().__init__()
+        self.network = network
+
+    def forward(self, scaled: torch.Tensor, single: torch.Tensor) -> torch.Tensor:
+        """(B, 5, 512, h, w) and (B, 5, C, h, w) to the maps (B * 5, 16 h, 16 w) in [0, 1]."""
+        logits = self.network.head.collaborate(single, self.network.head.group_feature(scaled))
+        return torch.sigmoid(logits[:, 0])
