@@ -102,7 +102,8 @@ class Method(ABC):
         self.graph_names()
         raise NotImplementedError
 
-    def predict_with_graphs(self, run: Callable[[str, dict], list], images: torch.Tensor) -> torch.Tensor:
+    def predict_with_graphs(self, run: Callable[[str, dict], list], images: torch.Tensor,
+                            sources: GroupImages | None = None) -> torch.Tensor:  # fmt: skip
         """:meth:`predict_group` with the exported graphs: ``run(graph name, {input: array})`` gives its outputs."""
         self.graph_names()
         raise NotImplementedError

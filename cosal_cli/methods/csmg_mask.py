@@ -56,7 +56,7 @@ class Method(base.Method):
         return [base.ExportGraph("relu5_3", _Relu53(self.backbone), (example,), ("images",), ("relu5_3",), axes,
                                  "VGG-16 relu5_3 of a chunk; the group's ADMM then runs in torch on all of them")]
 
-    def predict_with_graphs(self, run, images: torch.Tensor) -> torch.Tensor:
+    def predict_with_graphs(self, run, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
         features = torch.cat([torch.from_numpy(run("relu5_3", {"images": chunk.numpy()})[0])
                               for chunk in images.split(self.batch_size)])  # fmt: skip
         return co_salient_masks(features, self.settings)

@@ -63,7 +63,7 @@ class Method(base.TrainableMethod):
                              "(1, 1000), and the logits"),
         ]  # fmt: skip
 
-    def predict_with_graphs(self, run, images: torch.Tensor) -> torch.Tensor:
+    def predict_with_graphs(self, run, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
         """:meth:`GicdLite.predict_group`'s steps around the graphs: one pass for a group that fits a chunk."""
         chunks = [part.numpy() for part in images.split(self.batch_size)]
         if len(chunks) == 1:

@@ -68,7 +68,7 @@ class Method(base.TrainableMethod):
                              "maps of a chunk from its pyramid and the group vector s"),
         ]  # fmt: skip
 
-    def predict_with_graphs(self, run, images: torch.Tensor) -> torch.Tensor:
+    def predict_with_graphs(self, run, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
         kept, totals = [], None
         for chunk in images.split(self.batch_size):
             *pyramid, sums = run("encode", {"images": chunk.numpy()})

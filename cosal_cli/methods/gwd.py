@@ -54,7 +54,7 @@ class Method(base.TrainableMethod):
                              "subsets and averages each image's maps)"),
         ]  # fmt: skip
 
-    def predict_with_graphs(self, run, images: torch.Tensor) -> torch.Tensor:
+    def predict_with_graphs(self, run, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
         encoded = [run("encode", {"images": chunk.numpy()}) for chunk in images.split(self.batch_size)]
         scaled, single = (np.concatenate(parts) for parts in zip(*encoded))
         subsets = np.array(covering_subsets(content_keys(images)))

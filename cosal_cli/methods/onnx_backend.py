@@ -76,7 +76,7 @@ class OnnxMethod(Method):
         return self.sessions[graph].run(None, inputs)
 
     def predict_group(self, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
-        return self.torch_method.predict_with_graphs(self.run, images.cpu())
+        return self.torch_method.predict_with_graphs(self.run, images.cpu(), sources)
 
     def group_notices(self, count: int) -> list[str]:
         return self.torch_method.group_notices(count)

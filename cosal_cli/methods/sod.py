@@ -34,7 +34,7 @@ class Method(base.TrainableMethod):
     def graph_names(self) -> tuple[str, ...]:
         return ("sod",)
 
-    def predict_with_graphs(self, run, images: torch.Tensor) -> torch.Tensor:
+    def predict_with_graphs(self, run, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
         return torch.cat([torch.from_numpy(run("sod", {"images": chunk.numpy()})[0])
                           for chunk in images.split(self.batch_size)])  # fmt: skip
 
