@@ -57,6 +57,9 @@ def open_in_browser(page_path: Path) -> tuple[list[str], list[str], int, int]:
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.on("request", lambda request: requests.append(request.url))
         page.goto(page_path.as_uri(), wait_until="load")
+        # the thumbnails load lazily (a long run's page would otherwise fetch every one at once): load them all
+        page.evaluate("document.querySelectorAll('img').forEach(image => { image.loading = 'eager'; })")
+        page.wait_for_function("[...document.images].every(image => image.complete)", timeout=15000)
         loaded = page.evaluate("[...document.images].filter(i => i.complete && i.naturalWidth > 0).length")
         total = page.evaluate("document.images.length")
         browser.close()
