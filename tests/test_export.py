@@ -96,7 +96,7 @@ def read_maps(folder):
 @pytest.mark.weights
 @pytest.mark.parametrize(("method", "component"), [("sod", "vgg16-imagenet"), ("gicd", "efficientnet-lite0-imagenet"),
                                                    ("gs", "vgg16-imagenet"), ("csmg-mask", "vgg16-imagenet"),
-                                                   ("gwd", "vgg16-imagenet")])
+                                                   ("gwd", "vgg16-imagenet"), ("csmg", "vgg16-imagenet")])
 def test_detect_with_onnxruntime_gives_torchs_maps_and_exports_once(tmp_path, linked_home, monkeypatch, method,
                                                                     component):  # fmt: skip
     from cosal_cli.methods import onnx_backend
@@ -120,7 +120,7 @@ def test_detect_with_onnxruntime_gives_torchs_maps_and_exports_once(tmp_path, li
     assert all(np.array_equal(first[key], second[key]) for key in first)
     expected = {"sod": ["sod.sod.onnx"], "gicd": ["gicd.group.onnx", "gicd.consensus.onnx", "gicd.gim.onnx"],
                 "gs": ["gs.encode.onnx", "gs.decode.onnx"], "csmg-mask": ["csmg-mask.relu5_3.onnx"],
-                "gwd": ["gwd.encode.onnx", "gwd.subsets.onnx"]}
+                "gwd": ["gwd.encode.onnx", "gwd.subsets.onnx"], "csmg": ["csmg.encode.onnx", "csmg.decode.onnx"]}
     assert exported == expected[method]  # the second run used the cached graphs
     assert [path.name for path in (home / "onnx").iterdir()][0].startswith(f"{method}-")
 

@@ -95,7 +95,7 @@ class Method(ABC):
         from cosal_cli.errors import UsageError
 
         raise UsageError(f"method {self.name!r} cannot be exported to ONNX or run in onnxruntime yet "
-                         "(sod, gicd, gs, gwd and csmg-mask can)")  # fmt: skip
+                         "(sod, gicd, gs, gwd, csmg and csmg-mask can)")  # fmt: skip
 
     def export_graphs(self) -> list[ExportGraph]:
         """The method's network as ONNX graphs (one per pass), named as :meth:`graph_names` says."""

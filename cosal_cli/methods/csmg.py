@@ -64,6 +64,10 @@ class Method(base.TrainableMethod):
 
     def predict_group(self, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
         maps, features = self.network.predict_group(images, chunk=self.batch_size)
+        return self._smoothed(images, maps, features)
+
+    def _smoothed(self, images: torch.Tensor, maps: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Stage 3 on the FCN's maps (unless --smoothing off)."""
         if not self.options.smooth:
             return maps
         from cosal_cli.refine.label_smoothing import SmoothingSettings, smooth_group
@@ -72,3 +76,50 @@ class Method(base.TrainableMethod):
         pixels = (images.permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
         smoothed = smooth_group(pixels, maps.cpu().numpy(), features, settings, str(self.device))
         return torch.from_numpy(smoothed).to(maps.device)
+
+    def graph_names(self) -> tuple[str, ...]:
+        return ("encode", "decode")
+
+    def export_graphs(self) -> list[base.ExportGraph]:
+        """The FCN around stage 1: pool3 and relu5_3 per chunk; the group's ADMM (torch); the masked FCN."""
+        images = torch.rand(2, 3, self.input_size, self.input_size, device=self.device)
+        with torch.no_grad():
+            pool3, relu5_3 = self.network.encode(images)
+        masks = torch.rand(2, *relu5_3.shape[-2:], device=self.device)
+        batch = {0: "images"}
+        return [
+            base.ExportGraph("encode", _Encode(self.network), (images,), ("images",), ("pool3", "relu5_3"),
+                             dict.fromkeys(("images", "pool3", "relu5_3"), batch),
+                             "pool3 and relu5_3 of a chunk; the caller runs the ADMM on the whole group's relu5_3"),
+            base.ExportGraph("decode", _Decode(self.network), (pool3, relu5_3, masks), ("pool3", "relu5_3", "masks"),
+                             ("maps",), dict.fromkeys(("pool3", "relu5_3", "masks", "maps"), batch),
+                             "the mask-guided FCN's maps of a chunk; stage 3 (smoothing) then runs in torch"),
+        ]  # fmt: skip
+
+    def predict_with_graphs(self, run, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
+        encoded = [run("encode", {"images": chunk.numpy()}) for chunk in images.split(self.batch_size)]
+        features = torch.from_numpy(np.concatenate([relu5_3 for _, relu5_3 in encoded]))
+        masks = self.network.masks(features).numpy().astype(np.float32)
+        parts = np.split(masks, np.cumsum([len(pool3) for pool3, _ in encoded])[:-1])  # the chunks' masks
+        maps = np.concatenate([run("decode", {"pool3": pool3, "relu5_3": relu5_3, "masks": part})[0]
+                               for (pool3, relu5_3), part in zip(encoded, parts)])  # fmt: skip
+        return self._smoothed(images, torch.from_numpy(maps), features)
+
+
+class _Encode(torch.nn.Module):
+    def __init__(self, network: MaskGuidedFcn):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.network.encode(images)
+
+
+class _Decode(torch.nn.Module):
+    def __init__(self, network: MaskGuidedFcn):
+        super().__init__()
+        self.network = network
+
+    def forward(self, pool3: torch.Tensor, relu5_3: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        branches = self.network.branch_features(pool3, relu5_3, masks)
+        return torch.sigmoid(self.network.decode(branches, (pool3.shape[-2] * 8, pool3.shape[-1] * 8))[:, 0])

@@ -96,7 +96,8 @@ class MaskGuidedFcn(FrozenBackboneNetwork):
             out["pool3"] = self.backbone.features[POOL5](self.backbone.features[TO_RELU5_3](masked))
         if "pool5" in self.branches:
             pool5 = self.backbone.features[POOL5](relu5_3)
-            out["pool5"] = pool5 * F.adaptive_avg_pool2d(masks, pool5.shape[-2:])
+            # plain ints: an exported graph (fixed 224 px input) needs a constant output size
+            out["pool5"] = pool5 * F.adaptive_avg_pool2d(masks, tuple(int(side) for side in pool5.shape[-2:]))
         return out
 
     def decode(self, branches: Mapping[str, torch.Tensor], size: Sequence[int]) -> torch.Tensor:
