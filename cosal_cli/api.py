@@ -146,8 +146,4 @@ def _describe(item: Any) -> str:
 
 
 def _weights_of(method: str) -> dict[str, WeightInfo]:
-    hub = WeightHub()
-    return {
-        role: WeightInfo(component_id, hub.expected_sha256(hub.manifest.component(component_id)))
-        for role, component_id in hub.manifest.roles(method).items()
-    }
+    return {role: WeightInfo(*weight) for role, weight in WeightHub().method_weights(method).items()}

@@ -21,10 +21,10 @@ from cosal_cli.hub import WeightHub
 from cosal_cli.io import atomic_output
 from cosal_cli.methods.base import ExportGraph
 from cosal_cli.methods.loader import load_method
-from cosal_cli.methods.onnx_backend import write_graph
+from cosal_cli.methods.onnx_backend import OPSET, write_graph
 
 EXPORT_FORMAT = "cosal-onnx-export/1"
-DEFAULT_OPSET = 17
+DEFAULT_OPSET = OPSET  # the opset --backend onnxruntime exports with
 
 
 def export_method(name: str, output: Path, opset: int = DEFAULT_OPSET, offline: bool = False,
@@ -36,7 +36,6 @@ def export_method(name: str, output: Path, opset: int = DEFAULT_OPSET, offline: 
     graphs = method.export_graphs()
     output.mkdir(parents=True, exist_ok=True)
     files = [_write_graph(graph, output / f"{name}.{graph.name}.onnx", opset) for graph in graphs]
-    hub = WeightHub()
     description = {
         "format": EXPORT_FORMAT,
         "method": name,
@@ -46,8 +45,8 @@ def export_method(name: str, output: Path, opset: int = DEFAULT_OPSET, offline: 
         "input": {"size": [method.input_size, method.input_size], "layout": "NCHW", "dtype": "float32",
                   "range": "RGB in [0, 1]", "normalisation": "inside the graph (ImageNet mean and std)"},
         "files": files,
-        "weights": {role: {"component": component, "sha256": hub.expected_sha256(hub.manifest.component(component))}
-                    for role, component in hub.manifest.roles(name).items()},
+        "weights": {role: {"component": component, "sha256": sha256}
+                    for role, (component, sha256) in WeightHub().method_weights(name).items()},
     }  # fmt: skip
     with atomic_output(output / "export.json") as temporary:
         temporary.write_text(json.dumps(description, indent=2) + "\n")

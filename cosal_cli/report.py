@@ -92,13 +92,17 @@ def _worst_images(scores: Any, folder: Path) -> list[str]:
 
 def _image_row(item: Any, methods: list, folder: Path, dataset: str) -> str:
     base = folder / THUMBNAILS / dataset / item.group / item.stem
-    cells = [_thumbnail_cell(load_rgb, item.image, base.with_name(base.name + ".photo.jpg"), folder),
+    cells = [_thumbnail_cell(_rgb_pixels, item.image, base.with_name(base.name + ".photo.jpg"), folder),
              _thumbnail_cell(load_grey, item.mask, base.with_name(base.name + ".gt.png"), folder)]  # fmt: skip
     for method in methods:
         prediction = method.prediction_of.get(item.key)
         cells.append(_thumbnail_cell(load_grey, prediction, base.with_name(f"{base.name}.{method.name}.png"), folder,
                                      method.image_sm.get(item.key)))  # fmt: skip
     return f"<tr><td class='name'>{text(item.stem)}</td>{''.join(cells)}</tr>"
+
+
+def _rgb_pixels(path: Path) -> np.ndarray:
+    return np.asarray(load_rgb(path).rgb)
 
 
 def _thumbnail_cell(load, source: Path | None, target: Path, folder: Path, sm: float | None = None) -> str:
@@ -108,7 +112,6 @@ def _thumbnail_cell(load, source: Path | None, target: Path, folder: Path, sm: f
         pixels = load(source)
     except InputError as exc:
         return f"<td class='failure'>{text(exc)}</td>"
-    pixels = np.asarray(pixels.rgb) if hasattr(pixels, "rgb") else pixels
     save_thumbnail(pixels, target)
     caption = f"<br>S {sm:.3f}" if sm is not None else ""
     return f"<td><img src='{text(relative_link(folder, target))}' alt='{text(target.name)}'>{caption}</td>"

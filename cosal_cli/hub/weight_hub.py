@@ -52,6 +52,11 @@ class WeightHub:
         record = self.import_record(component)
         return record.sha256 if record else None
 
+    def method_weights(self, method: str) -> dict[str, tuple[str, str | None]]:
+        """``{role: (component id, the sha256 it is verified against)}`` of a method's weights."""
+        return {role: (component_id, self.expected_sha256(self.manifest.component(component_id)))
+                for role, component_id in self.manifest.roles(method).items()}  # fmt: skip
+
     def fix_hint(self, component: Component) -> str:
         """What makes a missing component available."""
         return component.source.fix_hint(component)

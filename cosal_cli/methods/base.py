@@ -16,13 +16,14 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from cosal_cli.methods.options import MethodOptions, SismChoice, SismOptions
 
-__all__ = ["ExportGraph", "GroupImages", "Method", "MethodOptions", "SismChoice", "SismOptions", "TrainableMethod"]
+__all__ = ["ExportGraph", "GraphModule", "GroupImages", "Method", "MethodOptions", "SismChoice", "SismOptions",
+           "TrainableMethod"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,18 @@ class ExportGraph:
     output_names: tuple[str, ...]
     dynamic_axes: dict[str, dict[int, str]]
     note: str = ""
+
+
+class GraphModule(torch.nn.Module):
+    """One pass of a method as a module to trace: ``function(network, *inputs)``, with the network
+    registered as a sub-module so that its weights become the graph's initializers."""
+
+    def __init__(self, network: torch.nn.Module, function: Callable[..., Any]):
+        super().__init__()
+        self.network, self.function = network, function
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        return self.function(self.network, *inputs)
 
 
 class Method(ABC):

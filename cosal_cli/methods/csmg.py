@@ -14,6 +14,7 @@ The paper's ablations are switches (:class:`~cosal_cli.methods.options.CsmgOptio
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -82,16 +83,17 @@ class Method(base.TrainableMethod):
 
     def export_graphs(self) -> list[base.ExportGraph]:
         """The FCN around stage 1: pool3 and relu5_3 per chunk; the group's ADMM (torch); the masked FCN."""
+        traced = partial(base.GraphModule, self.network)  # a pass of the network, as a module to trace
         images = torch.rand(2, 3, self.input_size, self.input_size, device=self.device)
         with torch.no_grad():
             pool3, relu5_3 = self.network.encode(images)
         masks = torch.rand(2, *relu5_3.shape[-2:], device=self.device)
         batch = {0: "images"}
         return [
-            base.ExportGraph("encode", _Encode(self.network), (images,), ("images",), ("pool3", "relu5_3"),
+            base.ExportGraph("encode", traced(MaskGuidedFcn.encode), (images,), ("images",), ("pool3", "relu5_3"),
                              dict.fromkeys(("images", "pool3", "relu5_3"), batch),
                              "pool3 and relu5_3 of a chunk; the caller runs the ADMM on the whole group's relu5_3"),
-            base.ExportGraph("decode", _Decode(self.network), (pool3, relu5_3, masks), ("pool3", "relu5_3", "masks"),
+            base.ExportGraph("decode", traced(_decode), (pool3, relu5_3, masks), ("pool3", "relu5_3", "masks"),
                              ("maps",), dict.fromkeys(("pool3", "relu5_3", "masks", "maps"), batch),
                              "the mask-guided FCN's maps of a chunk; stage 3 (smoothing) then runs in torch"),
         ]  # fmt: skip
@@ -106,20 +108,6 @@ class Method(base.TrainableMethod):
         return self._smoothed(images, torch.from_numpy(maps), features)
 
 
-class _Encode(torch.nn.Module):
-    def __init__(self, network: MaskGuidedFcn):
-        super().__init__()
-        self.network = network
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.network.encode(images)
-
-
-class _Decode(torch.nn.Module):
-    def __init__(self, network: MaskGuidedFcn):
-        super().__init__()
-        self.network = network
-
-    def forward(self, pool3: torch.Tensor, relu5_3: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        branches = self.network.branch_features(pool3, relu5_3, masks)
-        return torch.sigmoid(self.network.decode(branches, (pool3.shape[-2] * 8, pool3.shape[-1] * 8))[:, 0])
+def _decode(network: MaskGuidedFcn, pool3: torch.Tensor, relu5_3: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    branches = network.branch_features(pool3, relu5_3, masks)
+    return torch.sigmoid(network.decode(branches, (pool3.shape[-2] * 8, pool3.shape[-1] * 8))[:, 0])

@@ -53,7 +53,8 @@ class Method(base.Method):
     def export_graphs(self) -> list[base.ExportGraph]:
         example = torch.rand(2, 3, self.input_size, self.input_size, device=self.device)
         axes = {"images": {0: "images", 2: "height", 3: "width"}, "relu5_3": {0: "images", 2: "rows", 3: "columns"}}
-        return [base.ExportGraph("relu5_3", _Relu53(self.backbone), (example,), ("images",), ("relu5_3",), axes,
+        module = base.GraphModule(self.backbone, _relu5_3)
+        return [base.ExportGraph("relu5_3", module, (example,), ("images",), ("relu5_3",), axes,
                                  "VGG-16 relu5_3 of a chunk; the group's ADMM then runs in torch on all of them")]
 
     def predict_with_graphs(self, run, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
@@ -62,10 +63,5 @@ class Method(base.Method):
         return co_salient_masks(features, self.settings)
 
 
-class _Relu53(torch.nn.Module):
-    def __init__(self, backbone: VGG16Features):
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(imagenet_normalise(images), taps=("relu5_3",))["relu5_3"]
+def _relu5_3(backbone: VGG16Features, images: torch.Tensor) -> torch.Tensor:
+    return backbone(imagenet_normalise(images), taps=("relu5_3",))["relu5_3"]

@@ -8,6 +8,7 @@ For the authors' VGG-16 network and weights see ``gicd-official``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -46,19 +47,20 @@ class Method(base.TrainableMethod):
 
     def export_graphs(self) -> list[base.ExportGraph]:
         """As at inference: a group that fits one chunk in one pass; a larger one's logits, then the GIM per chunk."""
+        traced = partial(base.GraphModule, self.network)  # a pass of the network, as a module to trace
         size = self.input_size
         images = torch.rand(2, 3, size, size, device=self.device)
         consensus = torch.softmax(torch.randn(1, 1000, device=self.device), dim=1)
         batch = {0: "images"}
         maps_and_logits = {"images": batch, "maps": batch, "logits": batch}
         return [
-            base.ExportGraph("group", _GimMaps(self.network), (images,), ("images",), ("maps", "logits"),
+            base.ExportGraph("group", traced(_gim_maps), (images,), ("images",), ("maps", "logits"),
                              maps_and_logits, "maps of a whole group in one pass (its own consensus), and its "
                              "logits, which outsider dimming weighs against that consensus"),
-            base.ExportGraph("consensus", _Logits(self.network), (images,), ("images",), ("logits",),
+            base.ExportGraph("consensus", traced(_logits), (images,), ("images",), ("logits",),
                              {"images": batch, "logits": batch},
                              "ImageNet logits of a chunk; the group's consensus is softmax(sum of all its logits)"),
-            base.ExportGraph("gim", _GimMaps(self.network), (images, consensus), ("images", "consensus"),
+            base.ExportGraph("gim", traced(_gim_maps), (images, consensus), ("images", "consensus"),
                              ("maps", "logits"), maps_and_logits, "maps of a chunk under the group's consensus "
                              "(1, 1000), and the logits"),
         ]  # fmt: skip
@@ -80,21 +82,12 @@ class Method(base.TrainableMethod):
         return maps
 
 
-class _Logits(torch.nn.Module):
-    def __init__(self, network: GicdLite):
-        super().__init__()
-        self.network = network
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.network.logits(self.network.encode(images)[1])
+def _logits(network: GicdLite, images: torch.Tensor) -> torch.Tensor:
+    return network.logits(network.encode(images)[1])
 
 
-class _GimMaps(torch.nn.Module):
-    def __init__(self, network: GicdLite):
-        super().__init__()
-        self.network = network
-
-    def forward(self, images: torch.Tensor, consensus: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        pyramid, features = self.network.encode(images)
-        logits = self.network.decode(pyramid, features, images.shape[-2:], consensus)
-        return torch.sigmoid(logits[0][:, 0]), self.network.logits(features)
+def _gim_maps(network: GicdLite, images: torch.Tensor,
+              consensus: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    pyramid, features = network.encode(images)
+    logits = network.decode(pyramid, features, images.shape[-2:], consensus)
+    return torch.sigmoid(logits[0][:, 0]), network.logits(features)

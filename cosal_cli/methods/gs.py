@@ -13,6 +13,7 @@ trained head: ``--co-category off`` (trained without the co-category loss) and `
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ class Method(base.TrainableMethod):
 
     def export_graphs(self) -> list[base.ExportGraph]:
         """The two passes of :meth:`GroupSemanticNetwork.predict_group`: pyramid and running sums, then maps."""
+        traced = partial(base.GraphModule, self.network)  # a pass of the network, as a module to trace
         images = torch.rand(2, 3, self.input_size, self.input_size, device=self.device)
         with torch.no_grad():
             levels = self.network.encode(images)
@@ -59,11 +61,11 @@ class Method(base.TrainableMethod):
         batch = {0: "images"}
         pyramid = tuple(levels[level] for level in LEVELS)
         return [
-            base.ExportGraph("encode", _Encode(self.network), (images,), ("images",), (*LEVELS, "sums"),
+            base.ExportGraph("encode", traced(_encode), (images,), ("images",), (*LEVELS, "sums"),
                              {"images": batch, **dict.fromkeys(LEVELS, batch)},
                              "a chunk's scaled pool3-pool5 and its H-LRBP running sums; the caller adds the "
                              "sums over the group and makes the group vector s"),
-            base.ExportGraph("decode", _Decode(self.network), (*pyramid, semantic), (*LEVELS, "semantic"),
+            base.ExportGraph("decode", traced(_decode), (*pyramid, semantic), (*LEVELS, "semantic"),
                              ("maps",), {**dict.fromkeys(LEVELS, batch), "maps": batch},
                              "maps of a chunk from its pyramid and the group vector s"),
         ]  # fmt: skip
@@ -81,22 +83,11 @@ class Method(base.TrainableMethod):
         return torch.from_numpy(np.concatenate(maps))
 
 
-class _Encode(torch.nn.Module):
-    def __init__(self, network: GroupSemanticNetwork):
-        super().__init__()
-        self.network = network
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        levels = self.network.encode(images)
-        return (*(levels[level] for level in LEVELS), self.network.head.semantics.add(levels["pool5"]))
+def _encode(network: GroupSemanticNetwork, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    levels = network.encode(images)
+    return (*(levels[level] for level in LEVELS), network.head.semantics.add(levels["pool5"]))
 
 
-class _Decode(torch.nn.Module):
-    def __init__(self, network: GroupSemanticNetwork):
-        super().__init__()
-        self.network = network
-
-    def forward(self, pool3, pool4, pool5, semantic) -> torch.Tensor:
-        levels = {"pool3": pool3, "pool4": pool4, "pool5": pool5}
-        size = (pool3.shape[-2] * 8, pool3.shape[-1] * 8)  # pool3 is at 1/8 of the input
-        return torch.sigmoid(self.network.decode(levels, semantic, size)[:, 0])
+def _decode(network: GroupSemanticNetwork, pool3, pool4, pool5, semantic) -> torch.Tensor:
+    size = (pool3.shape[-2] * 8, pool3.shape[-1] * 8)  # pool3 is at 1/8 of the input
+    return torch.sigmoid(network.decode({"pool3": pool3, "pool4": pool4, "pool5": pool5}, semantic, size)[:, 0])

@@ -10,6 +10,7 @@ A group of 1 to 4 images is padded to five by repeating its images, with a notic
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,16 +40,17 @@ class Method(base.TrainableMethod):
 
     def export_graphs(self) -> list[base.ExportGraph]:
         """Per image: scaled relu5_3 and the single-image block; per five-image subset: the maps."""
+        traced = partial(base.GraphModule, self.network)  # a pass of the network, as a module to trace
         images = torch.rand(2, 3, self.input_size, self.input_size, device=self.device)
         with torch.no_grad():
-            scaled, single = _Encode(self.network)(images)
+            scaled, single = _encode(self.network, images)
         subsets = (scaled[[0, 1, 0, 1, 0]][None], single[[0, 1, 0, 1, 0]][None])
         batch = {0: "images"}
         return [
-            base.ExportGraph("encode", _Encode(self.network), (images,), ("images",), ("scaled", "single"),
+            base.ExportGraph("encode", traced(_encode), (images,), ("images",), ("scaled", "single"),
                              {"images": batch, "scaled": batch, "single": batch},
                              "each image's scaled relu5_3 and single-image features"),
-            base.ExportGraph("subsets", _Subsets(self.network), subsets, ("scaled", "single"), ("maps",),
+            base.ExportGraph("subsets", traced(_subsets), subsets, ("scaled", "single"), ("maps",),
                              {"scaled": {0: "subsets"}, "single": {0: "subsets"}, "maps": {0: "maps"}},
                              "maps (subsets x 5) of subsets of five images (the caller picks the covering "
                              "subsets and averages each image's maps)"),
@@ -71,22 +73,11 @@ class Method(base.TrainableMethod):
                 "by repeating its images, so the group context is weaker than in a larger group"]  # fmt: skip
 
 
-class _Encode(torch.nn.Module):
-    def __init__(self, network: GroupWiseFcn):
-        super().__init__()
-        self.network = network
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scaled = self.network.encode(images) * FEATURE_SCALE
-        return scaled, self.network.head.single(scaled)
+def _encode(network: GroupWiseFcn, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scaled = network.encode(images) * FEATURE_SCALE
+    return scaled, network.head.single(scaled)
 
 
-class _Subsets(torch.nn.Module):
-    def __init__(self, network: GroupWiseFcn):
-        super().__init__()
-        self.network = network
-
-    def forward(self, scaled: torch.Tensor, single: torch.Tensor) -> torch.Tensor:
-        """(B, 5, 512, h, w) and (B, 5, C, h, w) to the maps (B * 5, 16 h, 16 w) in [0, 1]."""
-        logits = self.network.head.collaborate(single, self.network.head.group_feature(scaled))
-        return torch.sigmoid(logits[:, 0])
+def _subsets(network: GroupWiseFcn, scaled: torch.Tensor, single: torch.Tensor) -> torch.Tensor:
+    """(B, 5, 512, h, w) and (B, 5, C, h, w) to the maps (B * 5, 16 h, 16 w) in [0, 1]."""
+    return torch.sigmoid(network.head.collaborate(single, network.head.group_feature(scaled))[:, 0])

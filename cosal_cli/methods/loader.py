@@ -73,8 +73,7 @@ def load_method(
         return method
     method.graph_names()  # a method without graphs is a usage error before anything is exported
     hub = WeightHub()
-    weights = {role: hub.expected_sha256(hub.manifest.component(component))
-               for role, component in hub.manifest.roles(name).items()}  # fmt: skip
+    weights = {role: sha256 for role, (_, sha256) in hub.method_weights(name).items()}
     return load_onnx(method, hub.home, weights, chosen)
 
 

@@ -29,7 +29,7 @@ class Method(base.TrainableMethod):
         return SaliencyNetwork(VGG16Features.from_file(backbone), config)
 
     def predict_group(self, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
-        return torch.cat([_Maps(self.network)(chunk) for chunk in images.split(self.batch_size)])
+        return torch.cat([_maps(self.network, chunk) for chunk in images.split(self.batch_size)])
 
     def graph_names(self) -> tuple[str, ...]:
         return ("sod",)
@@ -41,17 +41,11 @@ class Method(base.TrainableMethod):
     def export_graphs(self) -> list[base.ExportGraph]:
         example = torch.rand(2, 3, self.input_size, self.input_size, device=self.device)
         batch_and_size = {0: "images", 1: "height", 2: "width"}
-        return [base.ExportGraph("sod", _Maps(self.network), (example,), ("images",), ("maps",),
+        return [base.ExportGraph("sod", base.GraphModule(self.network, _maps), (example,), ("images",), ("maps",),
                                  {"images": {0: "images", 2: "height", 3: "width"}, "maps": batch_and_size},
                                  "maps of images of any size: every image alone")]  # fmt: skip
 
 
-class _Maps(torch.nn.Module):
+def _maps(network: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The network's final output as maps in [0, 1]: (k, 3, H, W) images to (k, H, W)."""
-
-    def __init__(self, network: torch.nn.Module):
-        super().__init__()
-        self.network = network
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.network(images)[0][:, 0])
+    return torch.sigmoid(network(images)[0][:, 0])
