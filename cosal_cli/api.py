@@ -58,8 +58,7 @@ def load(
 
     ``options`` are the method's own (``sism="gmr"``, ``subgroup=5`` for ICNet; see ``cosal methods``);
     ``refine`` adds refiners after the method's (``refine=["ranking"]``); ``backend="onnxruntime"`` runs
-    the method's exported graphs in ONNX Runtime (sod, gicd, gs, gwd, csmg and csmg-mask so far).
-    Errors are those of the
+    the method's exported graphs in ONNX Runtime (every method with a network). Errors are those of the
     command line: UsageError, WeightsUnavailable, ChecksumMismatch (all ``cosal_cli.errors.CosalError``).
     """
     name = method or methods.DEFAULT_METHOD

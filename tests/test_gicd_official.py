@@ -238,6 +238,31 @@ def test_method_equals_a_direct_gicd_computation(use_imported, official):
     assert torch.allclose(got, want, atol=1e-5, rtol=0), (got - want).abs().max()
 
 
+def test_onnxruntime_runs_the_explicit_gim_and_gives_the_torch_maps(cosal, use_imported, official, tmp_path):
+    """The graphs (consensus, gim with the VGG classifier's gradient written out) against torch's autograd GIM."""
+    group = tmp_path / "cats"
+    group.mkdir()
+    for image in sorted(EXAMPLE_GROUP.iterdir())[:3]:
+        shutil.copy(image, group / image.name)
+    maps = {}
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / backend
+        result = cosal("detect", group, "-m", "gicd-official", "-o", out, "--backend", backend, "--batch-size", "2",
+                       "--json")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        maps[backend] = [np.asarray(Image.open(path), dtype=int) for path in sorted(out.rglob("*.png"))]
+    assert len(maps["onnxruntime"]) == 3 and all(m.std() > 0 for m in maps["torch"])
+    assert max(int(np.abs(a - b).max()) for a, b in zip(maps["torch"], maps["onnxruntime"])) <= 2
+
+    result = cosal("export", "-m", "gicd-official", "-o", tmp_path / "export", "--json")
+    assert result.exit_code == 0, result.output
+    description = json.loads(result.stdout)
+    assert [entry["graph"] for entry in description["files"]] == ["consensus", "gim"]
+    assert description["weights"]["co_classifier"]["sha256"] == sha256_file(
+        use_imported / "imported" / f"{CO_ID}.safetensors"
+    )
+
+
 def test_verify_of_the_intact_import_is_ok(cosal, use_imported):
     result = cosal("weights", "verify", "gicd-official", "--json")
     assert result.exit_code == 0, result.output

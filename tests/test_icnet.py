@@ -286,6 +286,27 @@ def test_icnet_official_through_the_cli_with_a_sism_folder(official_weights, tmp
     )
 
 
+@pytest.mark.weights
+def test_icnet_official_exports_and_runs_in_onnxruntime_as_in_torch(official_weights, tmp_path):
+    group = tmp_path / "cats"
+    group.mkdir()
+    for image in sorted((EXAMPLES / "Image" / "cat").glob("*.jpg"))[:5]:
+        (group / image.name).symlink_to(image)
+    maps = {}
+    for backend in ("torch", "onnxruntime"):  # --batch-size 2: the group's SIVs from three chunks
+        out = tmp_path / backend
+        result = runner.invoke(app, ["detect", str(group), "-o", str(out), "-m", "icnet-official", "--offline",
+                                     "--backend", backend, "--batch-size", "2", "--json"])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        maps[backend] = [np.asarray(Image.open(path), dtype=int) for path in sorted(out.rglob("*.png"))]
+    assert len(maps["onnxruntime"]) == 5
+    assert max(int(np.abs(a - b).max()) for a, b in zip(maps["torch"], maps["onnxruntime"])) <= 2
+    result = runner.invoke(app, ["export", "-m", "icnet-official", "-o", str(tmp_path / "export"), "--offline"])
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in (tmp_path / "export").iterdir()) == [
+        "export.json", "icnet-official.decode.onnx", "icnet-official.encode.onnx"]
+
+
 # -- cosal's trained icnet ----------------------------------------------------------------------------
 
 

@@ -30,8 +30,7 @@ MethodOption = Annotated[
 ]  # fmt: skip
 BackendOption = Annotated[
     str, typer.Option("--backend", metavar="torch|onnxruntime", help="Run the method in torch, or its exported "
-                      "graphs in ONNX Runtime (sod, gicd, gs, gwd, csmg, csmg-mask so far; cached in "
-                      "$COSAL_HOME/onnx/).")
+                      "graphs in ONNX Runtime (every method but gmr; cached in $COSAL_HOME/onnx/).")
 ]  # fmt: skip
 SismOption = Annotated[Optional[str], typer.Option("--sism", help=_method_help("sism"))]
 SismDirOption = Annotated[Optional[Path], typer.Option("--sism-dir", help=_method_help("sism_dir"))]

@@ -107,8 +107,8 @@ class Method(ABC):
         """The names of :meth:`export_graphs`' graphs (without building them); none: not exportable yet."""
         from cosal_cli.errors import UsageError
 
-        raise UsageError(f"method {self.name!r} cannot be exported to ONNX or run in onnxruntime yet "
-                         "(sod, gicd, gs, gwd, csmg and csmg-mask can)")  # fmt: skip
+        raise UsageError(f"method {self.name!r} cannot be exported to ONNX or run in onnxruntime: it has no "
+                         "network (every method with one can)")  # fmt: skip
 
     def export_graphs(self) -> list[ExportGraph]:
         """The method's network as ONNX graphs (one per pass), named as :meth:`graph_names` says."""

@@ -23,10 +23,11 @@ import torch
 from cosal_cli import sism
 from cosal_cli.methods import base
 from cosal_cli.methods.base import GroupImages
+from cosal_cli.methods.icnet_graphs import IcnetGraphs
 from cosal_cli.methods.options import SismOutsiderOptions
 from cosal_cli.models import icnet
 from cosal_cli.models.efficientnet_lite import EfficientNetLite0, lite_normalise
-from cosal_cli.models.icnet import IcnetNetwork
+from cosal_cli.models.icnet import IcnetHead, IcnetNetwork
 from cosal_cli.models.membership import Membership, group_weights
 from cosal_cli.models.vgg import VGG16Features
 
@@ -35,7 +36,7 @@ from cosal_cli.models.vgg import VGG16Features
 MEMBERSHIP = Membership(offset=4.0, temperature=0.5)
 
 
-class Method(base.TrainableMethod):
+class Method(IcnetGraphs, base.TrainableMethod):
     name = "icnet"
     input_size = 224  # fixed by the Co modules' weight shapes
     options_class = SismOutsiderOptions
@@ -86,12 +87,52 @@ class Method(base.TrainableMethod):
             return icnet.predict_group(self.network.head, self.network.encode, part, sisms, self.batch_size)
 
         maps = sism.predict_in_subgroups(images, sources, self.options.subgroup, self.sisms, run)
+        return self._dimmed(maps, images)
+
+    def _dimmed(self, maps: torch.Tensor, images: torch.Tensor, classify=None) -> torch.Tensor:
+        """``maps`` dimmed where an image disagrees with the group's ImageNet consensus (unless --outsiders keep)."""
         if self.classifier is None:
             return maps
         classifier = self.classifier
 
-        def classify(part: torch.Tensor) -> torch.Tensor:
+        def classify_with_torch(part: torch.Tensor) -> torch.Tensor:
             return classifier(lite_normalise(part))
 
         # The whole group's consensus, also with --subgroup: an outsider is one of the group, not of a sub-group.
-        return maps * group_weights(classify, images, self.batch_size, MEMBERSHIP)[:, None, None]
+        return maps * group_weights(classify or classify_with_torch, images, self.batch_size, MEMBERSHIP)[:, None, None]
+
+    # -- ONNX graphs (cosal export, --backend onnxruntime): encode, decode, and the outsiders' classifier --
+
+    def graph_network(self) -> IcnetNetwork:
+        return self.network
+
+    @staticmethod
+    def graph_head(network: IcnetNetwork) -> IcnetHead:
+        return network.head
+
+    @staticmethod
+    def graph_taps(network: IcnetNetwork, images: torch.Tensor) -> list[torch.Tensor]:
+        return network.encode(images)
+
+    def graph_names(self) -> tuple[str, ...]:
+        return super().graph_names() + (("classify",) if self.classifier is not None else ())
+
+    def export_graphs(self) -> list[base.ExportGraph]:
+        graphs = super().export_graphs()
+        if self.classifier is not None:
+            images = torch.rand(2, 3, self.input_size, self.input_size, device=self.device)
+            axes = {"images": {0: "images"}, "logits": {0: "images"}}
+            note = "ImageNet logits of a chunk, for dimming outsiders (cosal's addition)"
+            classify = base.GraphModule(self.classifier, _logits)
+            graphs.append(base.ExportGraph("classify", classify, (images,), ("images",), ("logits",), axes, note))
+        return graphs
+
+    def predict_with_graphs(self, run, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
+        def classify(part: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(run("classify", {"images": part.numpy()})[0])
+
+        return self._dimmed(super().predict_with_graphs(run, images, sources), images, classify)
+
+
+def _logits(classifier: EfficientNetLite0, images: torch.Tensor) -> torch.Tensor:
+    return classifier(lite_normalise(images))

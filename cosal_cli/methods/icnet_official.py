@@ -17,6 +17,7 @@ import torch
 from cosal_cli import sism
 from cosal_cli.methods import base
 from cosal_cli.methods.base import GroupImages
+from cosal_cli.methods.icnet_graphs import IcnetGraphs
 from cosal_cli.models import icnet
 from cosal_cli.models.convert import load_state_dict_file
 from cosal_cli.models.icnet import ICNet
@@ -25,7 +26,7 @@ from cosal_cli.models.vgg import imagenet_normalise
 DEFAULT_SISM = "sod"
 
 
-class Method(base.Method):
+class Method(IcnetGraphs, base.Method):
     name = "icnet-official"
     roles = ("icnet",)
     input_size = 224
@@ -58,3 +59,16 @@ class Method(base.Method):
             return icnet.predict_group(self.model, encode, part, sisms, self.batch_size)
 
         return sism.predict_in_subgroups(images, sources, self.options.subgroup, self.sisms, run)
+
+    # -- ONNX graphs (cosal export, --backend onnxruntime): encode and decode, ImageNet normalisation inside --
+
+    def graph_network(self) -> ICNet:
+        return self.model
+
+    @staticmethod
+    def graph_head(network: ICNet) -> ICNet:
+        return network
+
+    @staticmethod
+    def graph_taps(network: ICNet, images: torch.Tensor) -> list[torch.Tensor]:
+        return network.encode(imagenet_normalise(images))

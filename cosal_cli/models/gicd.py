@@ -146,8 +146,7 @@ def vgg_classifier_gradient(avgpool: nn.AdaptiveAvgPool2d, classifier: nn.Sequen
     hidden7 = fc7(F.relu(hidden6))
     if consensus is None:
         consensus = torch.softmax(fc8(F.relu(hidden7)).sum(dim=0, keepdim=True), dim=1)
-    upstream = consensus.expand(features.shape[0], -1)
-    upstream = (upstream @ fc8.weight) * (hidden7 > 0)
+    upstream = (consensus @ fc8.weight) * (hidden7 > 0)  # (1, 4096) broadcast over the images by their masks
     upstream = (upstream @ fc7.weight) * (hidden6 > 0)
     cells = (upstream @ fc6.weight).view(features.shape[0], features.shape[1], *avgpool.output_size)
     return adaptive_average_pool_backward(cells, features.shape[-2:])
@@ -161,6 +160,10 @@ def adaptive_average_pool_backward(gradient: torch.Tensor, size: tuple[int, int]
     """
     height, width = size
     cells_high, cells_wide = gradient.shape[-2:]
+    if height % cells_high == 0 and width % cells_wide == 0:  # equal windows that do not overlap (224 px: 2 x 2)
+        rows, columns = height // cells_high, width // cells_wide
+        spread = gradient.repeat_interleave(rows, dim=-2).repeat_interleave(columns, dim=-1)
+        return spread / (rows * columns)
     result = gradient.new_zeros(*gradient.shape[:-2], height, width)
     for row in range(cells_high):
         top, bottom = row * height // cells_high, -(-(row + 1) * height // cells_high)

@@ -79,40 +79,59 @@ class Prediction(nn.Module):
 
 
 class CosalSubModule(nn.Module):
-    """SIVs, the correlation fusion (CSA), self-correlation features rearranged by the CSA (section 3.4)."""
+    """SIVs, the correlation fusion (CSA), self-correlation features rearranged by the CSA (section 3.4).
+
+    Two steps: :meth:`vectors` gives each image's SIV (its own features and SISM alone);
+    :meth:`correlate` gives images' features against the whole group's SIVs. Only the SIVs are the
+    group's, so an exported graph (``cosal export``) takes them as an input.
+    """
 
     def __init__(self, height: int, width: int) -> None:
         super().__init__()
         self.conv = nn.Sequential(nn.Conv2d(height * width, 128, 1), Res(128))
 
     def forward(self, feats: torch.Tensor, sisms: torch.Tensor) -> torch.Tensor:
-        n = len(feats)
+        return self.correlate(feats, self.vectors(feats, sisms))
+
+    @staticmethod
+    def vectors(feats: torch.Tensor, sisms: torch.Tensor) -> torch.Tensor:
+        """The images' SIVs, (N, C): features L2-normalised per pixel, averaged under the SISM, normalised."""
         saliency = _resize(sisms, feats.shape[-2:])
-        nfs = F.normalize(feats, dim=1)
         # .mean(3).mean(2) as the official code reduces: mean(dim=(2, 3)) sums in another order, and ICNet's
         # argsort of the co-saliency scores turns those 1e-7 differences into rank swaps.
-        sivs = F.normalize((nfs * saliency).mean(3, keepdim=True).mean(2, keepdim=True), dim=1)  # [N, C, 1, 1]
-        # Only the SIVs are the group's. At inference each image's correlation with them (N x hw) and its
-        # hw x hw self-correlation (2.5 MB at 28x28, held three times over) are made and consumed alone, so
-        # a group's peak memory grows by neither (for 300 images the whole group's correlations take 0.28 GB
-        # a copy, their Gram matrices 0.1 GB). Training keeps the batch whole, as BatchNorm's batch statistics
-        # in conv need.
-        step = n if self.training else 1
-        return torch.cat([self._image_features(nfs[i : i + step], sivs) for i in range(0, n, step)])
+        return F.normalize((F.normalize(feats, dim=1) * saliency).mean(3).mean(2), dim=1)
+
+    def correlate(self, feats: torch.Tensor, sivs: torch.Tensor, whole: bool = False) -> torch.Tensor:
+        """Features of ``feats``' images against the group's SIVs (N, C).
+
+        At inference each image's correlation with the SIVs (N x hw) and its hw x hw self-correlation
+        (2.5 MB at 28x28, held three times over) are made and consumed alone, so a group's peak memory
+        grows by neither (for 300 images the whole group's correlations take 0.28 GB a copy, their Gram
+        matrices 0.1 GB). Training keeps the batch whole, as BatchNorm's batch statistics in conv need;
+        so does ``whole`` (an exported graph, run on one chunk).
+        """
+        nfs = F.normalize(feats, dim=1)
+        if self.training or whole or len(nfs) == 1:
+            return self._image_features(nfs, sivs)
+        return torch.cat([self._image_features(nfs[i : i + 1], sivs) for i in range(len(nfs))])
 
     def _image_features(self, nfs: torch.Tensor, sivs: torch.Tensor) -> torch.Tensor:
         """The CSA of some of the group's images, their SCF rearranged by it and weighted by it, through conv."""
-        m, _, h, w = nfs.shape
-        corr = F.normalize(F.conv2d(nfs, sivs).view(m, len(sivs), h * w), dim=2)  # [m, N, hw]
+        _, _, h, w = nfs.shape
+        flat = nfs.flatten(2)  # [m, C, hw]
+        # The CSA is computed in float64 because the argsort below makes the maps a step function of it: its
+        # 784 scores at 28x28 lie as close as 2e-8, and float32 rounding that differs by backend (ONNX Runtime's
+        # MatMul against torch's: 5e-7) swapped ranks and moved maps by 9/255. In float64 they agree to 1/255.
+        corr = F.normalize(sivs.double() @ flat.double(), dim=2)  # [m, N, hw]: each pixel against each SIV
         weights = torch.softmax((corr @ corr.transpose(1, 2)).sum(dim=2), dim=1)  # [m, N]
         csa = (corr * weights.unsqueeze(2)).sum(dim=1)  # [m, hw]
         low, high = csa.min(dim=1, keepdim=True).values, csa.max(dim=1, keepdim=True).values
         csa = (csa - low) / (high - low + 1e-12)
-        flat = nfs.flatten(2)
-        scf = (flat.transpose(1, 2) @ flat).view(m, h * w, h, w)  # channel k: pixel k against all pixels
+        scf = (flat.transpose(1, 2) @ flat).unflatten(2, (h, w))  # channel k: pixel k against all pixels
         order = csa.argsort(dim=1, descending=True)
-        rscf = scf.gather(1, order.view(m, h * w, 1, 1).expand(-1, -1, h, w))
-        return self.conv(rscf * csa.view(m, 1, h, w))
+        csa = csa.float()
+        rscf = scf.gather(1, order[:, :, None, None].expand(-1, -1, h, w))
+        return self.conv(rscf * csa.unflatten(1, (1, h, w)))
 
 
 class CosalModule(nn.Module):
@@ -122,7 +141,16 @@ class CosalModule(nn.Module):
         self.conv = nn.Sequential(nn.Conv2d(256, 128, 1), Res(128))
 
     def forward(self, feats: torch.Tensor, sisms: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([self.cosal_feat(feats, sisms), self.cosal_feat(feats, 1 - sisms)], dim=1))
+        return self.correlate(feats, *self.vectors(feats, sisms))
+
+    def vectors(self, feats: torch.Tensor, sisms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Foreground and background SIVs of the images (under the SISM and under its complement)."""
+        return self.cosal_feat.vectors(feats, sisms), self.cosal_feat.vectors(feats, 1 - sisms)
+
+    def correlate(self, feats, foreground, background, whole: bool = False) -> torch.Tensor:
+        """The module's output for ``feats``' images, given the group's foreground and background SIVs."""
+        branches = [self.cosal_feat.correlate(feats, sivs, whole) for sivs in (foreground, background)]
+        return self.conv(torch.cat(branches, dim=1))
 
 
 class DecoderBlock(nn.Module):
@@ -183,10 +211,19 @@ class IcnetHead(nn.Module):
 
     def co_saliency(self, compressed: list[torch.Tensor], sisms: torch.Tensor):
         """The group-wise part: the three co-saliency modules over the whole group; (feat_45, map_4 logits)."""
+        return self.correlate(compressed, self.vectors(compressed, sisms))
+
+    def vectors(self, compressed: list[torch.Tensor], sisms: torch.Tensor) -> list[torch.Tensor]:
+        """Each image's SIVs for Co6, Co5, Co4, foreground and background of each (six (N, C) tensors)."""
+        modules = (self.Co6, self.Co5, self.Co4)
+        return [sivs for module, feats in zip(modules, compressed) for sivs in module.vectors(feats, sisms)]
+
+    def correlate(self, compressed: list[torch.Tensor], sivs: list[torch.Tensor], whole: bool = False):
+        """(feat_45, map_4 logits) of some of the group's images, given the whole group's SIVs (:meth:`vectors`)."""
         conv6, conv5, conv4 = compressed
-        cosal_6 = self.Co6(conv6, sisms)
-        cosal_5 = self.Co5(conv5, sisms)
-        cosal_4 = self.Co4(conv4, sisms)
+        cosal_6 = self.Co6.correlate(conv6, *sivs[0:2], whole)
+        cosal_5 = self.Co5.correlate(conv5, *sivs[2:4], whole)
+        cosal_4 = self.Co4.correlate(conv4, *sivs[4:6], whole)
         feat_56 = self.merge_co_56(cosal_5 + _resize(cosal_6, cosal_5.shape[-2:]))
         feat_45 = self.merge_co_45(cosal_4 + _resize(feat_56, cosal_4.shape[-2:]))
         return feat_45, self.get_pred_4.logits(feat_45)
