@@ -27,7 +27,7 @@ from cosal_cli.errors import InputError
 from cosal_cli.hub import ProgressCallback, WeightHub
 from cosal_cli.io import load_rgb
 from cosal_cli.methods.base import GroupImages, Method
-from cosal_cli.methods.loader import load_method
+from cosal_cli.methods.loader import load_method, use_threads
 from cosal_cli.refine import Refiner, check_refiners, load_refiner
 
 GroupItem = Union[str, Path, Image.Image, np.ndarray]
@@ -52,19 +52,22 @@ def load(
     refine: Sequence[str] = (),
     progress: ProgressCallback | None = None,
     backend: str = "torch",
+    threads: int | None = None,
     **options: Any,
 ) -> Detector:
     """A ready detector: the method's weights fetched if needed (unless ``offline``) and verified.
 
     ``options`` are the method's own (``sism="gmr"``, ``subgroup=5`` for ICNet; see ``cosal methods``);
     ``refine`` adds refiners after the method's (``refine=["ranking"]``); ``backend="onnxruntime"`` runs
-    the method's exported graphs in ONNX Runtime (every method with a network). Errors are those of the
+    the method's exported graphs in ONNX Runtime (every method with a network); ``threads`` sets torch's
+    (and onnxruntime's) CPU threads for the process (default: one per core). Errors are those of the
     command line: UsageError, WeightsUnavailable, ChecksumMismatch (all ``cosal_cli.errors.CosalError``).
     """
     name = method or methods.DEFAULT_METHOD
     typed = methods.options_for(name, options)
     refiner_names = methods.refiners_for(name, refine)
     check_refiners(refiner_names)  # an unknown refiner fails before any download
+    use_threads(threads)
     loaded = load_method(name, device, batch_size, offline, progress, typed, backend)
     refiners = [load_refiner(refiner, str(loaded.device)) for refiner in refiner_names]
     return Detector(loaded, refiners, _weights_of(name))

@@ -275,6 +275,7 @@ def run(
     refine: Sequence[str] = (),
     download_progress=None,
     backend: str = "torch",
+    threads: int | None = None,
 ) -> BenchResult:
     """Run ``methods`` on every dataset and score them together with the ``predictions`` folders.
 
@@ -292,7 +293,7 @@ def run(
             for method in methods:
                 method_options = (options or {}).get(method)
                 label = method_label(method, refine, method_options)
-                run = _MethodRun(method, label, method_options, list(refine), backend)
+                run = _MethodRun(method, label, method_options, list(refine), backend, threads)
                 summary = _detect(dataset, run, output, existing, device_spec, batch_size, offline, reporter,
                                   download_progress)  # fmt: skip
                 reporter.stage(f"{dataset.name}: scoring {label}", len(dataset.items))
@@ -325,6 +326,7 @@ class _MethodRun:
     options: Any
     refine: list[str]
     backend: str = "torch"
+    threads: int | None = None  # torch's (and onnxruntime's) CPU threads; None: the default
 
 
 def _detect(dataset, run: _MethodRun, output, existing, device_spec, batch_size, offline, reporter, download_progress):
@@ -351,6 +353,7 @@ def _detect(dataset, run: _MethodRun, output, existing, device_spec, batch_size,
         reporter=reporter,
         download_progress=download_progress,
         backend=run.backend,
+        threads=run.threads,
     )
     if summary.interrupted:
         raise Terminated if summary.terminated else KeyboardInterrupt

@@ -77,9 +77,10 @@ def _add(decoded: DecodedGroup, label: Any, rgb: Image.Image, size: int) -> np.n
 def predict(method: Method, pixels: np.ndarray, sources: GroupImages | None = None) -> torch.Tensor:
     """(N, S, S, 3) uint8 pixels to the method's (N, h, w) float32 maps in [0, 1], on the CPU."""
     batch = torch.from_numpy(pixels).to(method.device).permute(0, 3, 1, 2)
-    # One copy that converts and makes the tensor contiguous: the official code's input layout, and
-    # convolutions then see the same memory order as there (channels-last changed the last float bits).
-    batch = batch.to(dtype=torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+    # One copy that converts and lays the tensor out as the method's convolutions want it: channels-last
+    # for cosal's own networks (faster), contiguous NCHW for the official ones (their code's layout).
+    layout = torch.channels_last if method.channels_last else torch.contiguous_format
+    batch = batch.to(dtype=torch.float32, memory_format=layout).div_(255.0)
     with torch.inference_mode(method.inference_mode):
         maps = method.predict_group(batch, sources)
     maps = maps.detach().float().cpu()

@@ -45,15 +45,20 @@ class GeneratorSisms:
         self.name = method.name
         self.cache = cache
 
-    def __call__(self, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, sources: GroupImages | None = None, compute=None) -> torch.Tensor:
+        """The images' SISMs, (N, 1, SISM_SIZE, SISM_SIZE). ``compute(indices)``, when given, makes the maps of
+        the images not in the cache instead of the generator (a caller that already holds their features)."""
         keys = [hashlib.sha256(image.tobytes()).hexdigest() for image in _as_uint8(images)] if self.cache else []
         found = {i: cached for i, key in enumerate(keys) if (cached := self._read(key)) is not None}
         missing = [i for i in range(len(images)) if i not in found]
         maps = torch.empty(len(images), 1, SISM_SIZE, SISM_SIZE, device=images.device)
         if missing:
             # the generator sees its own input size (gmr: 256), as `cosal detect --method NAME` would run it
-            inputs = _to_size(images[missing], self.method.input_size)
-            fresh = _quantise(_to_size(self.method.predict_group(inputs).float(), SISM_SIZE))
+            if compute is None:
+                predicted = self.method.predict_group(_to_size(images[missing], self.method.input_size))
+            else:
+                predicted = compute(missing)
+            fresh = _quantise(_to_size(predicted.float(), SISM_SIZE))
             for position, index in enumerate(missing):
                 maps[index] = fresh[position]
                 if self.cache:

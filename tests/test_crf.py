@@ -139,7 +139,7 @@ def test_the_lattice_paths_cuda_takes_give_the_same_crf_on_the_cpu(monkeypatch):
     np.testing.assert_array_equal(generic, usual)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.cuda
 def test_torch_crf_on_cuda_matches_cpu():
     image, saliency, _ = noisy_disc(96, 128)
     unary = unary_from_map(saliency)

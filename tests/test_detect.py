@@ -295,3 +295,26 @@ def test_the_progress_moves_per_image_and_says_what_the_run_is_doing(fake_method
     # then the image that failed to decode
     assert recorder.events == ["g: decoding", "g: computing 4 image(s)", 1.5, "g: writing", "problem", 0.5, 0.5, 0.5,
                                1.0, "done"]  # fmt: skip
+
+
+def test_threads_sets_torchs_cpu_threads_and_the_summary_says_how_many(fake_method, tmp_path):
+    save(tmp_path / "g" / "1.png")
+    before = torch.get_num_threads()
+    try:
+        result = cosal("detect", str(tmp_path / "g"), "-m", "test-brightness", "-o", str(tmp_path / "o"), "--threads",
+                       "1", "--json")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["threads"] == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert cosal("detect", str(tmp_path / "g"), "-m", "test-brightness", "--threads", "0").exit_code == 2
+
+
+def test_importing_cosal_makes_openmp_threads_sleep_and_keeps_torchvision_out():
+    """OpenMP threads that spin at barriers stall beside another busy process (README "Speed"); torchvision
+    pulls in torch._dynamo (1.4 s of start-up), which only gicd-official's co-classifier needs."""
+    code = ("import os, sys; os.environ.pop('OMP_WAIT_POLICY', None); import cosal_cli; "
+            "from cosal_cli.methods import gicd, icnet, sod; "
+            "print(os.environ['OMP_WAIT_POLICY'], 'torchvision' in sys.modules)")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["PASSIVE", "False"]

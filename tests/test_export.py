@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from cosal_cli.cli import app
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, assert_maps_agree
 
 
 def example_batch(size: int = 224) -> torch.Tensor:
@@ -101,12 +101,9 @@ def test_icnets_decode_graph_takes_the_whole_groups_sivs_beside_a_chunk(tmp_path
     maps = np.concatenate([decode.run(None, dict(zip(names, [*outputs[:6], sisms[part], *group])))[0]
                            for part, outputs in zip(chunks, encoded)])  # fmt: skip
     assert maps.shape == expected.shape
-    # ICNet orders each image's 784 co-saliency scores (argsort), some 2e-8 apart; ONNX Runtime's convolutions
-    # round differently from torch's (1e-6), which can swap two ranks: then a few pixels of that image move by a
-    # few 255ths (here 0.1 % of one image's pixels, by at most 5.4/255). Every other pixel agrees to 2/255.
-    difference = np.abs(maps - expected)
-    assert np.median(difference) < 1e-4 and (difference > 2 / 255).mean(axis=(1, 2)).max() < 0.005
-    assert difference.max() < 16 / 255
+    # ONNX Runtime's convolutions round differently from torch's (1e-6), which can swap two of ICNet's ranks
+    # (measured here: 0.1 % of one image's pixels, by at most 5.4/255)
+    assert_maps_agree(np.rint(np.abs(maps - expected) * 255), 2, rank_swaps=True)
 
 
 def test_a_method_without_graphs_and_a_bad_opset_are_usage_errors(tmp_path):
@@ -143,7 +140,8 @@ def test_detect_with_onnxruntime_gives_torchs_maps_and_exports_once(tmp_path, li
         runs[out.name] = read_maps(out)
     torch_maps, first, second = runs.values()
     assert first.keys() == torch_maps.keys() and len(first) == 14
-    assert max(int(np.abs(first[key] - torch_maps[key]).max()) for key in first) <= 2  # within 2/255
+    for key in first:  # within 2/255 (icnet: up to a rank swap, see assert_maps_agree)
+        assert_maps_agree(np.abs(first[key] - torch_maps[key]), 2, rank_swaps=method == "icnet")
     assert all(np.array_equal(first[key], second[key]) for key in first)
     expected = {"sod": ["sod.sod.onnx"], "gicd": ["gicd.group.onnx", "gicd.consensus.onnx", "gicd.gim.onnx"],
                 "gs": ["gs.encode.onnx", "gs.decode.onnx"], "csmg-mask": ["csmg-mask.relu5_3.onnx"],

@@ -243,8 +243,9 @@ def test_icnet_official_runs_imported_weights_with_sod_sisms(official_weights):
     assert any("EGNet" in notice for notice in method.notices)
 
 
-def test_a_large_group_in_bounded_memory_gives_the_single_batch_maps():
-    """predict_group encodes twice in chunks when the group exceeds batch_size; the maps are the same."""
+def test_a_large_group_in_bounded_memory_gives_the_single_batch_maps(monkeypatch):
+    """A group larger than batch_size goes in chunks, encoded once while its shallow taps fit the bound and
+    twice beyond it; the maps are the single batch's either way."""
     from cosal_cli.models import icnet
 
     torch.manual_seed(0)
@@ -252,15 +253,19 @@ def test_a_large_group_in_bounded_memory_gives_the_single_batch_maps():
     images, sisms = torch.randn(5, 3, 224, 224), torch.rand(5, 1, 224, 224)
     encoded = []
 
-    def encode(x):
+    def encode(x, levels=5):
         encoded.append(len(x))
-        return model.encode(x)
+        return model.encode(x, levels)
 
     with torch.no_grad():
         whole = model(images, sisms)[:, 0]
         chunked = icnet.predict_group(model, encode, images, sisms, batch_size=2)
-        assert encoded == [2, 2, 1, 2, 2, 1]
+        assert encoded == [2, 2, 1]
         torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-5)
+        encoded.clear()
+        monkeypatch.setattr(icnet, "KEEP_TAPS_BYTES", 2 * 22_478_848)  # the shallow taps of two images
+        torch.testing.assert_close(icnet.predict_group(model, encode, images, sisms, batch_size=2), chunked)
+        assert encoded == [2, 2, 1, 2, 1]  # the first chunk was kept, the other two encoded again
         encoded.clear()
         torch.testing.assert_close(icnet.predict_group(model, encode, images, sisms, batch_size=8), whole)
         assert encoded == [5]
@@ -339,6 +344,38 @@ def test_detect_with_icnet_finds_the_cats_and_caches_the_sisms(icnet_home, tmp_p
     for first in (tmp_path / "maps").rglob("*.png"):
         second = tmp_path / "again" / first.relative_to(tmp_path / "maps")
         assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(second)))
+
+
+@pytest.mark.weights
+@pytest.mark.parametrize("batch_size", [8, 3], ids=["one-chunk", "three-chunks"])
+def test_with_sod_sisms_each_image_goes_through_vgg_once_and_the_sisms_are_sods(icnet_home, batch_size):
+    """sod runs on the same frozen VGG-16: its decoder reads icnet's taps instead of encoding again."""
+    from cosal_cli.methods.loader import load_method
+
+    keep = {"outsiders": "keep"}
+    method = load_method("icnet", torch.device("cpu"), batch_size, True, options=_icnet_options(keep))
+    assert method.sod_head is not None and method.network.backbone is method.sisms.method.network.backbone
+    images = _example_group(8)
+    seen = []
+    hook = method.network.input_layer().register_forward_pre_hook(lambda module, inputs: seen.append(len(inputs[0])))
+    with torch.inference_mode():
+        maps = method.predict_group(images)  # an empty SISM cache: all 8 SISMs computed here
+    hook.remove()
+    assert sum(seen) == 8  # one VGG pass per image, for the SISMs and icnet's own features alike
+    with torch.inference_mode():
+        sod_maps = load_method("sod", torch.device("cpu"), 8, True).predict_group(images)
+        cached = method.sisms(images)  # from the cache the shared pass filled
+        unshared = load_method("icnet", torch.device("cpu"), batch_size, True, options=_icnet_options(keep))
+        unshared.sod_head = None  # the SISMs from the cache, icnet's taps from its own pass
+        again = unshared.predict_group(images)
+    assert torch.equal(cached[:, 0], sod_maps.mul(255).round().div(255))
+    assert float((maps - again).abs().max()) == 0.0
+
+
+def _icnet_options(values: dict):
+    from cosal_cli import methods
+
+    return methods.options_for("icnet", values)
 
 
 @pytest.mark.weights

@@ -34,6 +34,7 @@ from cosal_cli.cli.options import (
     SismOption,
     SmoothingOption,
     SubgroupOption,
+    ThreadsOption,
     method_choices,
     method_values,
 )
@@ -86,6 +87,7 @@ def bench(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute maps already in OUTPUT.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     backend: BackendOption = "torch",
+    threads: ThreadsOption = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
     sism: SismOption = None,
     sism_dir: SismDirOption = None,
@@ -155,6 +157,7 @@ def bench(
             refine=refine or [],
             download_progress=download_callback(progress) if progress else None,
             backend=backend,
+            threads=threads,
         )
     if report is not None:
         from cosal_cli.report import write_report

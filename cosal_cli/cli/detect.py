@@ -32,6 +32,7 @@ from cosal_cli.cli.options import (
     SismOption,
     SmoothingOption,
     SubgroupOption,
+    ThreadsOption,
     method_values,
 )
 from cosal_cli.errors import UsageError
@@ -72,6 +73,7 @@ def detect(
     ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     backend: BackendOption = "torch",
+    threads: ThreadsOption = None,
     skip_existing: Annotated[
         bool, typer.Option("--skip-existing", help="Keep maps that exist (resume a run).")
     ] = False,
@@ -138,6 +140,7 @@ def detect(
             save=outputs,
             preview=preview,
             backend=backend,
+            threads=threads,
         )
     summary.notices[:0] = notices
     if preview:

@@ -32,6 +32,10 @@ BackendOption = Annotated[
     str, typer.Option("--backend", metavar="torch|onnxruntime", help="Run the method in torch, or its exported "
                       "graphs in ONNX Runtime (every method but gmr; cached in $COSAL_HOME/onnx/).")
 ]  # fmt: skip
+ThreadsOption = Annotated[
+    Optional[int], typer.Option("--threads", min=1, metavar="N", show_default=False,
+                                help="CPU threads for torch and onnxruntime (default: one per core).")
+]  # fmt: skip
 SismOption = Annotated[Optional[str], typer.Option("--sism", help=_method_help("sism"))]
 SismDirOption = Annotated[Optional[Path], typer.Option("--sism-dir", help=_method_help("sism_dir"))]
 SubgroupOption = Annotated[Optional[int], typer.Option("--subgroup", min=1, help=_method_help("subgroup"))]

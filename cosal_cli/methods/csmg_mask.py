@@ -23,6 +23,7 @@ class Method(base.Method):
     roles = ("backbone",)
     input_size = 224
     output_interpolation = "bicubic"  # the paper resizes its masks bicubically
+    channels_last = True
 
     def __init__(
         self,
@@ -32,7 +33,7 @@ class Method(base.Method):
         options: base.MethodOptions | None = None,
     ):
         super().__init__(weights, device, batch_size, options)
-        self.backbone = VGG16Features.from_file(weights["backbone"]).to(device)
+        self.backbone = VGG16Features.from_file(weights["backbone"]).to(device, memory_format=self.memory_format())
         self.settings = AdmmSettings()
 
     def features(self, images: torch.Tensor) -> torch.Tensor:

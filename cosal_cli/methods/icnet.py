@@ -45,6 +45,8 @@ class Method(IcnetGraphs, base.TrainableMethod):
     classifier: EfficientNetLite0 | None = None
     loss = "soft-iou"  # the paper's IoU loss on the four deep-supervised outputs
     fixed_input = True
+    #: sod's decoder, when sod (the SISM generator) runs on this very VGG-16: SISMs come from icnet's own taps.
+    sod_head: torch.nn.Module | None = None
 
     def __init__(
         self,
@@ -59,6 +61,7 @@ class Method(IcnetGraphs, base.TrainableMethod):
         trained_with = self.network.config["sism"]
         choice = self.options.sism_choice
         self.sisms = sism.open_source(choice, trained_with, device, batch_size, self.options.offline)
+        self.sod_head = self._shared_sod_head()
         if choice.given and self.sisms.name != trained_with:
             self.notices.append(
                 f"icnet's head was trained with {trained_with} SISMs; with {self.sisms.name} the maps are not "
@@ -82,12 +85,44 @@ class Method(IcnetGraphs, base.TrainableMethod):
         method.sisms = network.sism_source
         return method
 
+    def _shared_sod_head(self) -> torch.nn.Module | None:
+        """sod's decoder when the SISM generator is sod on the same frozen VGG-16 (then shared: one copy)."""
+        source = self.sisms
+        if not isinstance(source, sism.GeneratorSisms) or source.name != "sod":
+            return None
+        sod = source.method.network
+        same = source.method.input_size == self.input_size and all(
+            torch.equal(mine, theirs) for mine, theirs in zip(self.network.backbone.state_dict().values(),
+                                                              sod.backbone.state_dict().values()))  # fmt: skip
+        if not same:
+            return None
+        self.network.backbone = sod.backbone
+        return sod.head
+
     def predict_group(self, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
-        def run(part: torch.Tensor, sisms: torch.Tensor) -> torch.Tensor:
+        def run(part: torch.Tensor, sisms) -> torch.Tensor:
             return icnet.predict_group(self.network.head, self.network.encode, part, sisms, self.batch_size)
 
-        maps = sism.predict_in_subgroups(images, sources, self.options.subgroup, self.sisms, run)
+        maps = sism.predict_in_subgroups(images, sources, self.options.subgroup, self._sism_source(), run)
         return self._dimmed(maps, images)
+
+    def _sism_source(self):
+        """The SISM source; with a shared sod, SISMs missing from the cache come from the taps icnet encodes
+        anyway (sod's decoder on them: what sod computes), so each image goes through VGG-16 once."""
+        if self.sod_head is None:
+            return self.sisms
+        sod_head, sisms = self.sod_head, self.sisms
+
+        def of_part(part: torch.Tensor, part_sources: GroupImages | None):
+            def of_rows(rows: slice, taps: list[torch.Tensor]) -> torch.Tensor:
+                def compute(missing: list[int]) -> torch.Tensor:
+                    return torch.sigmoid(sod_head([tap[missing] for tap in taps])[0][:, 0])
+
+                return sisms(part[rows], None, compute=compute)
+
+            return of_rows
+
+        return of_part
 
     def _dimmed(self, maps: torch.Tensor, images: torch.Tensor, classify=None) -> torch.Tensor:
         """``maps`` dimmed where an image disagrees with the group's ImageNet consensus (unless --outsiders keep)."""

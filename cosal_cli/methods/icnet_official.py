@@ -51,8 +51,8 @@ class Method(IcnetGraphs, base.Method):
             )
 
     def predict_group(self, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
-        def encode(part: torch.Tensor) -> list[torch.Tensor]:
-            return self.model.encode(imagenet_normalise(part))
+        def encode(part: torch.Tensor, levels: int = 5) -> list[torch.Tensor]:
+            return self.model.encode(imagenet_normalise(part), levels)
 
         def run(part: torch.Tensor, sisms: torch.Tensor) -> torch.Tensor:
             # the official test's single batch, computed in memory bounded by --batch-size (same maps)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,6 +99,8 @@ def _sessions(method: Method, folder: Path, chosen: Sequence[str]) -> dict[str, 
     ort = _onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":  # as torch's threads (see cosal_cli/__init__)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sessions = {}
     graphs = None
     for name in method.graph_names():

@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import vgg16
 
 _BLOCKS = ((1, 3, 64, 2), (2, 64, 128, 2), (3, 128, 256, 3), (4, 256, 512, 3), (5, 512, 512, 3))
 LATERAL_CHANNELS = {4: 512, 3: 256, 2: 128, 1: 64}
@@ -235,6 +234,9 @@ class GICD(nn.Module):
     """Co-classifier (stock torchvision VGG-16) + GINet; ``forward`` takes a whole group."""
 
     def __init__(self, chunk: int = 8) -> None:
+        # Imported here: torchvision.models pulls in torch._dynamo (1.4 s), which only this network needs.
+        from torchvision.models import vgg16
+
         super().__init__()
         self.co_classifier = vgg16(weights=None)
         self.ginet = GINet()
@@ -274,6 +276,8 @@ def convert_ginet(path: Path) -> dict[str, torch.Tensor]:
 
 def convert_co_classifier(path: Path) -> dict[str, torch.Tensor]:
     """torchvision's ``vgg16-397923af.pth``, checked strictly against a stock ``vgg16()``."""
+    from torchvision.models import vgg16
+
     from cosal_cli.models.convert import check_state_dict, convert_torch_state_dict
 
     with torch.device("meta"):

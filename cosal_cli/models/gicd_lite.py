@@ -5,7 +5,8 @@ uses VGG-16 with its 1000-class head; the only classifier with its head that cos
 EfficientNet-Lite0 (see ``weights_manifest.yaml``), so here it is both the co-classifier and the
 encoder, frozen; only the decoder (``head``) is trained (``cosal train --method gicd``).
 
-Per group (chunked, so memory does not grow with the group):
+Per group (in chunks; memory grows with the group only by the encoder outputs kept for the decoder,
+at most ``KEEP_ENCODED_BYTES``):
 
 1. consensus = softmax of the summed ImageNet logits of the group's images;
 2. GIM per image: the gradient of <consensus, logits> w.r.t. the last convolutional features (the
@@ -53,6 +54,9 @@ DEFAULT_CONFIG: dict[str, Any] = {"channels": 32}
 PYRAMID_TAPS = ((0, 16), (2, 24), (4, 40), (10, 112))
 LAST_BLOCK = sum(repeats for repeats, *_ in STAGES) - 1
 HEAD_CHANNELS = 1280
+#: Encoder outputs a group larger than one chunk keeps from its logits pass for the decoder (1.6 MB per
+#: image at 224 px, so 160 images); the chunks beyond are encoded a second time.
+KEEP_ENCODED_BYTES = 256 * 2**20
 
 
 def _conv_gn_relu(in_channels: int, out_channels: int, kernel: int = 3) -> nn.Sequential:
@@ -164,18 +168,31 @@ class GicdLite(FrozenBackboneNetwork):
     def predict_group(self, images: torch.Tensor, chunk: int, membership: Membership | None = None) -> torch.Tensor:
         """Saliency maps (N, S, S) in [0, 1] for a whole group, ``chunk`` images at a time.
 
-        A group that fits in one chunk needs one encoder pass; a larger one a consensus pass first.
-        With ``membership``, images whose classes disagree with the group's are dimmed.
+        One encoder pass per image: the pass that gives the group's logits (for the consensus) keeps its
+        outputs for the GIM and the decoder, up to :data:`KEEP_ENCODED_BYTES`; only the chunks beyond
+        that bound are encoded again. With ``membership``, images whose classes disagree with the
+        group's are dimmed.
         """
-        consensus = self.consensus(images, chunk) if len(images) > chunk else None
-        maps, logits = [], []
-        with torch.no_grad():  # the GIM turns autograd on for its own step only
-            for part in images.split(chunk):
+        parts, encoded, logits, kept = images.split(chunk), [], [], 0
+        with torch.no_grad():
+            for part in parts:
                 pyramid, features = self.encode(part)
-                maps.append(torch.sigmoid(self.decode(pyramid, features, part.shape[-2:], consensus)[0][:, 0]))
                 logits.append(self.logits(features))
+                size = sum(tensor.numel() * tensor.element_size() for tensor in (*pyramid, features))
+                keep = len(parts) == 1 or kept + size <= KEEP_ENCODED_BYTES
+                kept += size if keep else 0
+                encoded.append((pyramid, features) if keep else None)
+            logits_of_group = torch.cat(logits)
+            consensus = consensus_of(logits_of_group)
+            maps = []
+            for part, outputs in zip(parts, encoded):
+                pyramid, features = outputs if outputs is not None else self.encode(part)
+                maps.append(torch.sigmoid(self.decode_finest(pyramid, features, part.shape[-2:], consensus)[:, 0]))
             if membership is None:
                 return torch.cat(maps)
-            logits_of_group = torch.cat(logits)
-            consensus = consensus_of(logits_of_group) if consensus is None else consensus
             return torch.cat(maps) * membership.weights(logits_of_group, consensus)[:, None, None]
+
+    def decode_finest(self, pyramid, features, size: torch.Size, consensus: torch.Tensor) -> torch.Tensor:
+        """:meth:`decode`'s finest logit map alone (inference needs no other level brought to ``size``)."""
+        weighted, cam = gradient_cam(features, self.induce(features, consensus))
+        return _resize(self.head(pyramid, weighted, cam)[0], size)

@@ -237,27 +237,48 @@ class IcnetHead(nn.Module):
         return [logits_1, logits_2, logits_3]
 
 
-def predict_group(head: IcnetHead, encode, images: torch.Tensor, sisms: torch.Tensor, batch_size: int) -> torch.Tensor:
+#: Shallow VGG taps (conv1_2, conv2_2, conv3_3: 22.5 MB an image at 224 px) a group larger than one chunk
+#: keeps from its first pass for the decoder: groups of up to 22 images are encoded once; beyond, the chunks
+#: past this bound are encoded a second time.
+KEEP_TAPS_BYTES = 512 * 2**20
+
+
+def predict_group(head: IcnetHead, encode, images: torch.Tensor, sisms, batch_size: int) -> torch.Tensor:
     """Final maps (N, 224, 224) in [0, 1] of one group, exactly as one batch, in memory bounded by ``batch_size``.
 
-    ``encode(images)`` gives the five VGG taps. Only the co-saliency modules need the whole group, and
-    they read the two deepest taps, compressed (1 MB per image); the decoder works image by image. A
-    group larger than ``batch_size`` is therefore encoded twice: once for the compressed deep taps of
-    every image, and again, chunk by chunk, for the decoder's shallow taps, which are never all held at
-    once (25 MB per image).
+    ``encode(images, levels=5)`` gives the first ``levels`` VGG taps. ``sisms`` are the group's SISMs
+    (N, 1, 224, 224), or ``sisms(rows, taps)`` gives those of ``images[rows]`` from their taps (a SISM
+    generator on the same backbone: one VGG pass then serves both).
+
+    Only the SIVs are the group's: each chunk's (from its compressed deep taps, 1 MB an image) are
+    gathered first, then every chunk is correlated with all of them and decoded. The decoder's shallow
+    taps (22.5 MB an image) are kept from the first pass up to :data:`KEEP_TAPS_BYTES` and encoded
+    again beyond it (through the first three VGG blocks alone: 60 % of its work).
     """
     if head.training:  # BatchNorm would use each chunk's statistics: maps unlike the single batch's
         raise RuntimeError("icnet.predict_group needs the head in eval mode")
+    sisms_of = sisms if callable(sisms) else lambda rows, taps: sisms[rows]
     if len(images) <= batch_size:
-        return torch.sigmoid(head.decode(encode(images), sisms)[0][:, 0])
-    chunks = [head.compress(*encode(part)[3:]) for part in images.split(batch_size)]
-    feat_45, logits_4 = head.co_saliency([torch.cat(level) for level in zip(*chunks)], sisms)
-    del chunks
-    maps = []
+        taps = encode(images)
+        return torch.sigmoid(head.decode(taps, sisms_of(slice(0, len(images)), taps))[0][:, 0])
+    chunks, vectors, kept = [], [], 0
     for start in range(0, len(images), batch_size):
-        part = slice(start, start + batch_size)
-        conv1_2, conv2_2, conv3_3 = encode(images[part])[:3]
-        logits_1 = head.refine(conv1_2, conv2_2, conv3_3, logits_4[part], sisms[part], feat_45[part])[0]
+        rows = slice(start, start + batch_size)
+        taps = encode(images[rows])
+        chunk_sisms, compressed = sisms_of(rows, taps), head.compress(*taps[3:])
+        vectors.append(head.vectors(compressed, chunk_sisms))
+        size = sum(tap.numel() * tap.element_size() for tap in taps[:3])
+        keep = kept + size <= KEEP_TAPS_BYTES
+        kept += size if keep else 0
+        chunks.append((rows, compressed, chunk_sisms, taps[:3] if keep else None))
+        del taps
+    group = [torch.cat(level) for level in zip(*vectors)]
+    maps = []
+    while chunks:
+        rows, compressed, chunk_sisms, shallow = chunks.pop(0)
+        feat_45, logits_4 = head.correlate(compressed, group)
+        conv1_2, conv2_2, conv3_3 = shallow if shallow is not None else encode(images[rows], 3)
+        logits_1 = head.refine(conv1_2, conv2_2, conv3_3, logits_4, chunk_sisms, feat_45)[0]
         maps.append(torch.sigmoid(logits_1[:, 0]))
     return torch.cat(maps)
 
@@ -282,10 +303,10 @@ class ICNet(IcnetHead):
         size = images.shape[-2:]
         return [_resize(torch.sigmoid(x), size) for x in logits[:0:-1]] + [torch.sigmoid(logits[0])]
 
-    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """ImageNet-normalised images to conv1_2 ... conv5_3."""
+    def encode(self, images: torch.Tensor, levels: int = 5) -> list[torch.Tensor]:
+        """ImageNet-normalised images to conv1_2 ... conv5_3 (the first ``levels`` of them)."""
         taps, x = [], images
-        for name in VGG_SLICES:
+        for name in list(VGG_SLICES)[:levels]:
             x = self.vgg(x, name)
             taps.append(x)
         return taps
@@ -320,13 +341,14 @@ class IcnetNetwork(FrozenBackboneNetwork):
                 sisms = self.sism_source(images)
         return self.head.decode(self.encode(images), sisms)
 
-    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """RGB in [0, 1] to the frozen VGG-16's conv1_2 ... conv5_3."""
+    def encode(self, images: torch.Tensor, levels: int = 5) -> list[torch.Tensor]:
+        """RGB in [0, 1] to the frozen VGG-16's conv1_2 ... conv5_3 (the first ``levels`` of them)."""
         from cosal_cli.models.vgg import imagenet_normalise
 
+        names = BACKBONE_TAPS[:levels]
         with torch.no_grad():  # the backbone is frozen: no activations kept for backward
-            taps = self.backbone(imagenet_normalise(images), taps=BACKBONE_TAPS)
-        return [taps[name] for name in BACKBONE_TAPS]
+            taps = self.backbone(imagenet_normalise(images), taps=names)
+        return [taps[name] for name in names]
 
 
 def convert_icnet(path) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ from cosal_cli.hub import ProgressCallback
 from cosal_cli.inference import decode_group
 from cosal_cli.io import Discovery, Group, ImageFile, Problem, SaveSpec
 from cosal_cli.io.preview import write_thumbnails
-from cosal_cli.methods.loader import load_method, resolve_device
+from cosal_cli.methods.loader import load_method, resolve_device, use_threads
 from cosal_cli.methods.options import MethodOptions
 from cosal_cli.refine import check_refiners, load_refiner
 from cosal_cli.runners.group import GroupOutcome, internal_error_problems, process_group
@@ -46,6 +46,7 @@ def run(
     save: SaveSpec = MAPS_ONLY,
     preview: bool = False,
     backend: str = "torch",
+    threads: int | None = None,
 ) -> Summary:
     """Run ``method_name`` (then its card's refiners and ``refine``) on every group; write the maps.
 
@@ -58,11 +59,12 @@ def run(
     refiner_names = methods.refiners_for(method_name, refine)
     check_refiners(refiner_names)  # an unknown name fails before any file
     device = resolve_device(device_spec)
+    threads_in_use = use_threads(threads)
     refiners = [load_refiner(name, str(device)) for name in refiner_names]
     check_output_location(discovery, output_dir)
     check_existing(discovery, output_dir, existing, save)
     summary = Summary(method=method_name, device=str(device), output=str(output_dir), refiners=refiner_names,
-                      backend=backend)  # fmt: skip
+                      backend=backend, threads=threads_in_use)  # fmt: skip
     for problem in discovery.problems:
         _record_problem(summary, reporter, problem)
     for message in discovery.notices:

@@ -48,6 +48,7 @@ class Summary:
     timings: dict[str, float] = field(default_factory=dict)
     refiners: list[str] = field(default_factory=list)
     backend: str = "torch"  # or "onnxruntime" (--backend)
+    threads: int = 0  # CPU threads of torch (and onnxruntime) in this run
     interrupted: bool = False
     terminated: bool = False  # the interruption was SIGTERM, not Ctrl-C
     internal_errors: int = 0  # groups in which cosal itself failed (a bug, not the input)
@@ -81,6 +82,7 @@ class Summary:
             "refiners": self.refiners,
             "device": self.device,
             "backend": self.backend,
+            "threads": self.threads,
             "output": self.output,
             "exit_code": int(self.exit_code),
             "interrupted": self.interrupted,

@@ -1,0 +1,38 @@
+"""The CPU-only parts of the throughput and GPU checks (benchmarks/throughput.py, benchmarks/gpu_check.sh)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from .conftest import REPO
+
+
+@pytest.mark.weights
+def test_the_throughput_benchmark_prints_each_methods_rate_beside_its_backbone(linked_home):
+    linked_home("vgg16-imagenet", "efficientnet-lite0-imagenet")
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--quick", "--methods",
+                             "gicd", "--threads", "1"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "backbone bound (batch 8, 224 px): efficientnet-lite0" in result.stdout
+    row = re.search(r"^gicd\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)%$", result.stdout, re.MULTILINE)
+    assert row is not None, result.stdout
+    few, many, bound, ratio = (float(value) for value in row.groups())
+    assert few > 0 and many > 0 and bound > 0 and abs(ratio - 100 * few / bound) <= 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without CUDA")
+def test_the_gpu_check_says_there_is_no_cuda_and_writes_its_result_file(tmp_path):
+    result_file = tmp_path / "gpu_check.txt"
+    environment = {**os.environ, "PYTHON": sys.executable}
+    environment.pop("OUT", None)
+    run = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(result_file)], capture_output=True,
+                         text=True, env=environment, timeout=120)  # fmt: skip
+    assert run.returncode == 2, run.stdout + run.stderr
+    text = result_file.read_text()
+    assert text.startswith("cosal gpu_check ") and "no CUDA device visible" in text
