@@ -64,8 +64,9 @@ class VGG16Features(nn.Module):
     def from_file(cls, path: Path) -> VGG16Features:
         from cosal_cli.models.convert import load_state_dict_file
 
-        model = cls()
-        model.load_state_dict(load_state_dict_file(path), strict=True)
+        with torch.device("meta"):  # no random initialisation of weights about to be replaced (0.1 s)
+            model = cls()
+        model.load_state_dict(load_state_dict_file(path), strict=True, assign=True)
         return model.eval().requires_grad_(False)
 
     def forward(self, x: torch.Tensor, taps: Iterable[str] = ("relu5_3",)) -> dict[str, torch.Tensor]:
