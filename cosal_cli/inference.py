@@ -79,8 +79,7 @@ def predict(method: Method, pixels: np.ndarray, sources: GroupImages | None = No
     batch = torch.from_numpy(pixels).to(method.device).permute(0, 3, 1, 2)
     # One copy that converts and lays the tensor out as the method's convolutions want it: channels-last
     # for cosal's own networks (faster), contiguous NCHW for the official ones (their code's layout).
-    layout = torch.channels_last if method.channels_last else torch.contiguous_format
-    batch = batch.to(dtype=torch.float32, memory_format=layout).div_(255.0)
+    batch = batch.to(dtype=torch.float32, memory_format=method.memory_format()).div_(255.0)
     with torch.inference_mode(method.inference_mode):
         maps = method.predict_group(batch, sources)
     maps = maps.detach().float().cpu()

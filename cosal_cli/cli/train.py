@@ -128,9 +128,9 @@ def train(
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if threads is not None:
-        import torch
+        from cosal_cli.methods.loader import use_threads
 
-        torch.set_num_threads(threads)
+        use_threads(threads)
     settings = TrainSettings(
         method=method, data=list(data), split=load_split(split), output=output, epochs=epochs, lr=lr,
         sampler=sampler, val_limit=val_limit, per_group=per_group, checkpoint_every=checkpoint_every, device=device,

@@ -118,6 +118,10 @@ class Method(ABC):
         raise UsageError(f"method {self.name!r} cannot be exported to ONNX or run in onnxruntime: it has no "
                          "network (every method with one can)")  # fmt: skip
 
+    def example_images(self, count: int = 2) -> torch.Tensor:
+        """Random RGB images in [0, 1] at the method's input size: the example inputs a graph is traced with."""
+        return torch.rand(count, 3, self.input_size, self.input_size, device=self.device)
+
     def export_graphs(self) -> list[ExportGraph]:
         """The method's network as ONNX graphs (one per pass), named as :meth:`graph_names` says."""
         self.graph_names()

@@ -84,7 +84,7 @@ class Method(base.TrainableMethod):
     def export_graphs(self) -> list[base.ExportGraph]:
         """The FCN around stage 1: pool3 and relu5_3 per chunk; the group's ADMM (torch); the masked FCN."""
         traced = partial(base.GraphModule, self.network)  # a pass of the network, as a module to trace
-        images = torch.rand(2, 3, self.input_size, self.input_size, device=self.device)
+        images = self.example_images()
         with torch.no_grad():
             pool3, relu5_3 = self.network.encode(images)
         masks = torch.rand(2, *relu5_3.shape[-2:], device=self.device)

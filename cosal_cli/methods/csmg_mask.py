@@ -52,7 +52,7 @@ class Method(base.Method):
         return ("relu5_3",)
 
     def export_graphs(self) -> list[base.ExportGraph]:
-        example = torch.rand(2, 3, self.input_size, self.input_size, device=self.device)
+        example = self.example_images()
         axes = {"images": {0: "images", 2: "height", 3: "width"}, "relu5_3": {0: "images", 2: "rows", 3: "columns"}}
         module = base.GraphModule(self.backbone, _relu5_3)
         return [base.ExportGraph("relu5_3", module, (example,), ("images",), ("relu5_3",), axes,

@@ -48,8 +48,7 @@ class Method(base.TrainableMethod):
     def export_graphs(self) -> list[base.ExportGraph]:
         """As at inference: a group that fits one chunk in one pass; a larger one's logits, then the GIM per chunk."""
         traced = partial(base.GraphModule, self.network)  # a pass of the network, as a module to trace
-        size = self.input_size
-        images = torch.rand(2, 3, size, size, device=self.device)
+        images = self.example_images()
         consensus = torch.softmax(torch.randn(1, 1000, device=self.device), dim=1)
         batch = {0: "images"}
         maps_and_logits = {"images": batch, "maps": batch, "logits": batch}

@@ -54,7 +54,7 @@ class Method(base.Method):
 
     def export_graphs(self) -> list[base.ExportGraph]:
         traced = partial(base.GraphModule, self.model)  # a pass of the network, as a module to trace
-        images = torch.rand(2, 3, self.input_size, self.input_size, device=self.device)
+        images = self.example_images()
         consensus = torch.softmax(torch.randn(1, 1000, device=self.device), dim=1)
         batch = {0: "images"}
         return [

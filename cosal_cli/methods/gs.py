@@ -54,7 +54,7 @@ class Method(base.TrainableMethod):
     def export_graphs(self) -> list[base.ExportGraph]:
         """The two passes of :meth:`GroupSemanticNetwork.predict_group`: pyramid and running sums, then maps."""
         traced = partial(base.GraphModule, self.network)  # a pass of the network, as a module to trace
-        images = torch.rand(2, 3, self.input_size, self.input_size, device=self.device)
+        images = self.example_images()
         with torch.no_grad():
             levels = self.network.encode(images)
             semantic = self.network.group_semantic(levels["pool5"])

@@ -41,7 +41,7 @@ class Method(base.TrainableMethod):
     def export_graphs(self) -> list[base.ExportGraph]:
         """Per image: scaled relu5_3 and the single-image block; per five-image subset: the maps."""
         traced = partial(base.GraphModule, self.network)  # a pass of the network, as a module to trace
-        images = torch.rand(2, 3, self.input_size, self.input_size, device=self.device)
+        images = self.example_images()
         with torch.no_grad():
             scaled, single = _encode(self.network, images)
         subsets = (scaled[[0, 1, 0, 1, 0]][None], single[[0, 1, 0, 1, 0]][None])

@@ -16,6 +16,7 @@ with the group's consensus and dims the maps of those that disagree (:mod:`cosal
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -111,18 +112,15 @@ class Method(IcnetGraphs, base.TrainableMethod):
         anyway (sod's decoder on them: what sod computes), so each image goes through VGG-16 once."""
         if self.sod_head is None:
             return self.sisms
-        sod_head, sisms = self.sod_head, self.sisms
+        return lambda part, part_sources: partial(self._sisms_from_taps, part)
 
-        def of_part(part: torch.Tensor, part_sources: GroupImages | None):
-            def of_rows(rows: slice, taps: list[torch.Tensor]) -> torch.Tensor:
-                def compute(missing: list[int]) -> torch.Tensor:
-                    return torch.sigmoid(sod_head([tap[missing] for tap in taps])[0][:, 0])
+    def _sisms_from_taps(self, part: torch.Tensor, rows: slice, taps: list[torch.Tensor]) -> torch.Tensor:
+        """The SISMs of ``part[rows]``, those not in the cache from sod's decoder on the rows' VGG ``taps``."""
 
-                return sisms(part[rows], None, compute=compute)
+        def compute(missing: list[int]) -> torch.Tensor:
+            return torch.sigmoid(self.sod_head([tap[missing] for tap in taps])[0][:, 0])
 
-            return of_rows
-
-        return of_part
+        return self.sisms(part[rows], None, compute=compute)
 
     def _dimmed(self, maps: torch.Tensor, images: torch.Tensor, classify=None) -> torch.Tensor:
         """``maps`` dimmed where an image disagrees with the group's ImageNet consensus (unless --outsiders keep)."""
@@ -155,7 +153,7 @@ class Method(IcnetGraphs, base.TrainableMethod):
     def export_graphs(self) -> list[base.ExportGraph]:
         graphs = super().export_graphs()
         if self.classifier is not None:
-            images = torch.rand(2, 3, self.input_size, self.input_size, device=self.device)
+            images = self.example_images()
             axes = {"images": {0: "images"}, "logits": {0: "images"}}
             note = "ImageNet logits of a chunk, for dimming outsiders (cosal's addition)"
             classify = base.GraphModule(self.classifier, _logits)

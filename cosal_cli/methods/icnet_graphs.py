@@ -61,7 +61,7 @@ class IcnetGraphs:
     def export_graphs(self) -> list[base.ExportGraph]:
         network = self.graph_network()
         size = self.input_size
-        images = torch.rand(2, 3, size, size, device=self.device)
+        images = self.example_images()
         sisms = torch.rand(2, 1, size, size, device=self.device)
         encode = partial(_encode, type(self).graph_taps, type(self).graph_head)
         decode = partial(_decode, type(self).graph_head)

@@ -39,7 +39,7 @@ class Method(base.TrainableMethod):
                           for chunk in images.split(self.batch_size)])  # fmt: skip
 
     def export_graphs(self) -> list[base.ExportGraph]:
-        example = torch.rand(2, 3, self.input_size, self.input_size, device=self.device)
+        example = self.example_images()
         batch_and_size = {0: "images", 1: "height", 2: "width"}
         return [base.ExportGraph("sod", base.GraphModule(self.network, _maps), (example,), ("images",), ("maps",),
                                  {"images": {0: "images", 2: "height", 3: "width"}, "maps": batch_and_size},

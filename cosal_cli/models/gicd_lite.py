@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cosal_cli.models.budget import KeptBytes
 from cosal_cli.models.efficientnet_lite import STAGES, EfficientNetLite0, lite_normalise
 from cosal_cli.models.gicd import gradient_cam, group_consensus
 from cosal_cli.models.heads import FrozenBackboneNetwork
@@ -143,8 +144,11 @@ class GicdLite(FrozenBackboneNetwork):
         self, pyramid: list[torch.Tensor], features: torch.Tensor, size: torch.Size, consensus: torch.Tensor | None
     ) -> list[torch.Tensor]:
         """The GIM and the decoder from the encoder's outputs; logit maps at ``size``."""
-        weighted, cam = gradient_cam(features, self.induce(features, consensus))
-        return [_resize(logits, size) for logits in self.head(pyramid, weighted, cam)]
+        return [_resize(logits, size) for logits in self._head_logits(pyramid, features, consensus)]
+
+    def _head_logits(self, pyramid, features: torch.Tensor, consensus: torch.Tensor | None) -> list[torch.Tensor]:
+        """The GIM, then the decoder's logit maps at their own levels' sizes, finest first."""
+        return self.head(pyramid, *gradient_cam(features, self.induce(features, consensus)))
 
     # -- training from cached encoder outputs (the encoder is frozen) ------------------------------
 
@@ -173,14 +177,12 @@ class GicdLite(FrozenBackboneNetwork):
         that bound are encoded again. With ``membership``, images whose classes disagree with the
         group's are dimmed.
         """
-        parts, encoded, logits, kept = images.split(chunk), [], [], 0
+        parts, encoded, logits, budget = images.split(chunk), [], [], KeptBytes(KEEP_ENCODED_BYTES)
         with torch.no_grad():
             for part in parts:
                 pyramid, features = self.encode(part)
                 logits.append(self.logits(features))
-                size = sum(tensor.numel() * tensor.element_size() for tensor in (*pyramid, features))
-                keep = len(parts) == 1 or kept + size <= KEEP_ENCODED_BYTES
-                kept += size if keep else 0
+                keep = len(parts) == 1 or budget.admit((*pyramid, features))
                 encoded.append((pyramid, features) if keep else None)
             logits_of_group = torch.cat(logits)
             consensus = consensus_of(logits_of_group)
@@ -194,5 +196,4 @@ class GicdLite(FrozenBackboneNetwork):
 
     def decode_finest(self, pyramid, features, size: torch.Size, consensus: torch.Tensor) -> torch.Tensor:
         """:meth:`decode`'s finest logit map alone (inference needs no other level brought to ``size``)."""
-        weighted, cam = gradient_cam(features, self.induce(features, consensus))
-        return _resize(self.head(pyramid, weighted, cam)[0], size)
+        return _resize(self._head_logits(pyramid, features, consensus)[0], size)

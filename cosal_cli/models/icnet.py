@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cosal_cli.models.budget import KeptBytes
 from cosal_cli.models.heads import FrozenBackboneNetwork
 
 #: torchvision ``vgg16().features`` slice ends: conv1_2 (no pool), then each block starting with its pool.
@@ -261,16 +262,13 @@ def predict_group(head: IcnetHead, encode, images: torch.Tensor, sisms, batch_si
     if len(images) <= batch_size:
         taps = encode(images)
         return torch.sigmoid(head.decode(taps, sisms_of(slice(0, len(images)), taps))[0][:, 0])
-    chunks, vectors, kept = [], [], 0
+    chunks, vectors, budget = [], [], KeptBytes(KEEP_TAPS_BYTES)
     for start in range(0, len(images), batch_size):
         rows = slice(start, start + batch_size)
         taps = encode(images[rows])
         chunk_sisms, compressed = sisms_of(rows, taps), head.compress(*taps[3:])
         vectors.append(head.vectors(compressed, chunk_sisms))
-        size = sum(tap.numel() * tap.element_size() for tap in taps[:3])
-        keep = kept + size <= KEEP_TAPS_BYTES
-        kept += size if keep else 0
-        chunks.append((rows, compressed, chunk_sisms, taps[:3] if keep else None))
+        chunks.append((rows, compressed, chunk_sisms, taps[:3] if budget.admit(taps[:3]) else None))
         del taps
     group = [torch.cat(level) for level in zip(*vectors)]
     maps = []
