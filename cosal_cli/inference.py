@@ -8,8 +8,10 @@ file or reports progress: that is the runners' job.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cosal_cli.errors import InputError
-from cosal_cli.io import Group, ImageFile, Problem, load_rgb
+from cosal_cli.io import DecodedImage, Group, ImageFile, Problem, load_rgb
 from cosal_cli.methods.base import GroupImages, Method
 from cosal_cli.refine import Refiner
 
@@ -38,40 +40,55 @@ class DecodedGroup:
     originals: list[np.ndarray] | None = None
 
 
-def decode_group(group: Group, size: int, keep_originals: bool = False) -> DecodedGroup:
-    """Decode a discovered group's files; an unusable file becomes a Problem, never an exception."""
+def decode_group(group: Group, size: int, keep_originals: bool = False, pool: Executor | None = None) -> DecodedGroup:
+    """Decode a discovered group's files; an unusable file becomes a Problem, never an exception.
+
+    With ``pool``, the images are decoded and resized in its threads (Pillow releases the GIL), in order.
+    """
     tick = time.perf_counter()
     decoded = DecodedGroup([], [], None, [], [], 0.0, [] if keep_originals else None)
     pixels = []
-    for image in group.images:
-        try:
-            loaded = load_rgb(image.path)
-        except InputError as exc:
-            decoded.problems.append(Problem(image.path, str(exc), group.name))
+    load = functools.partial(_load, size=size)
+    for image, loaded in zip(group.images, pool.map(load, group.images) if pool else map(load, group.images)):
+        if isinstance(loaded, InputError):
+            decoded.problems.append(Problem(image.path, str(loaded), group.name))
             continue
-        decoded.notes += [f"{image.path}: {note}" for note in loaded.notes]
-        pixels.append(_add(decoded, image, loaded.rgb, size))
+        decoded.notes += [f"{image.path}: {note}" for note in loaded[0].notes]
+        pixels.append(_add(decoded, image, loaded[0].rgb, loaded[1]))
     decoded.pixels = np.stack(pixels) if pixels else None
     decoded.seconds = time.perf_counter() - tick
     return decoded
+
+
+def _load(image: ImageFile, size: int) -> tuple[DecodedImage, np.ndarray] | InputError:
+    try:
+        loaded = load_rgb(image.path)
+    except InputError as exc:
+        return exc
+    return loaded, network_pixels(loaded.rgb, size)
 
 
 def prepare_images(images: Sequence[Image.Image], labels: Sequence[Any], size: int,
                    keep_originals: bool = False) -> DecodedGroup:  # fmt: skip
     """The same for images already in memory (8-bit RGB PIL images, EXIF orientation applied)."""
     decoded = DecodedGroup([], [], None, [], [], 0.0, [] if keep_originals else None)
-    pixels = [_add(decoded, label, image, size) for label, image in zip(labels, images)]
+    pixels = [_add(decoded, label, image, network_pixels(image, size)) for label, image in zip(labels, images)]
     decoded.pixels = np.stack(pixels) if pixels else None
     return decoded
 
 
-def _add(decoded: DecodedGroup, label: Any, rgb: Image.Image, size: int) -> np.ndarray:
+def network_pixels(rgb: Image.Image, size: int) -> np.ndarray:
+    """The (size, size, 3) uint8 network input of an RGB image."""
+    # Square resize with Pillow's bilinear filter, as the GICD / ICNet reference test scripts do.
+    return np.asarray(rgb.resize((size, size), Image.BILINEAR))
+
+
+def _add(decoded: DecodedGroup, label: Any, rgb: Image.Image, pixels: np.ndarray) -> np.ndarray:
     decoded.images.append(label)
     decoded.sizes.append(rgb.size)
     if decoded.originals is not None:
         decoded.originals.append(np.asarray(rgb))
-    # Square resize with Pillow's bilinear filter, as the GICD / ICNet reference test scripts do.
-    return np.asarray(rgb.resize((size, size), Image.BILINEAR))
+    return pixels
 
 
 def predict(method: Method, pixels: np.ndarray, sources: GroupImages | None = None) -> torch.Tensor:

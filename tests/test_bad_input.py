@@ -10,6 +10,7 @@ small regression files under ``tests/data/bad_inputs/`` and ``tests/fuzz_regress
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import shutil
@@ -30,7 +31,6 @@ from typer.testing import CliRunner
 
 from cosal_cli import inference, io
 from cosal_cli.cli import app
-from cosal_cli.io import SaveSpec
 
 from .conftest import FAKE_MODULE, REPO, BrightnessMethod
 from .test_io import png_chunk
@@ -291,23 +291,63 @@ def test_real_sigterm_to_a_cosal_process_exits_143_with_json(tmp_path):
 # -- 6. an interrupted run reports the group it was writing ---------------------------------------
 
 
-def test_interrupt_while_writing_a_group_counts_its_written_maps(fake_method, tmp_path, monkeypatch):
+def test_ctrl_c_while_a_group_is_written_finishes_it_then_exits_130(fake_method, tmp_path, monkeypatch):
+    from cosal_cli.runners.local import _Run
+
     for index in range(5):
         save(tmp_path / "g" / f"{index}.png")
     written = []
-    real_write = SaveSpec.write
+    real_write = _Run._write
 
-    def write_then_ctrl_c(self, values, photo, destination):
+    def write_then_ctrl_c(self, encoded, group):  # in the writer thread
         if len(written) == 3:
-            raise KeyboardInterrupt  # Ctrl-C arriving while the fourth map is written
-        written.append(destination)
-        return real_write(self, values, photo, destination)
+            _thread.interrupt_main()  # Ctrl-C arriving while the fourth map is written
+        written.append(encoded.image)
+        return real_write(self, encoded, group)
 
-    monkeypatch.setattr(SaveSpec, "write", write_then_ctrl_c)
+    monkeypatch.setattr(_Run, "_write", write_then_ctrl_c)
     result, summary = detect_json(str(tmp_path / "g"), "-o", str(tmp_path / "out"))
-    assert result.exit_code == 130
-    assert summary["counts"]["written"] == 3 == len(list((tmp_path / "out" / "g").iterdir()))
-    assert summary["groups"][0]["name"] == "g" and summary["groups"][0]["written"] == 3
+    assert result.exit_code == 130 and summary["interrupted"]
+    # the group's maps were computed: all are written, whole, and counted
+    assert summary["counts"]["written"] == 5 == len(list((tmp_path / "out" / "g").iterdir()))
+    assert summary["groups"][0]["name"] == "g" and summary["groups"][0]["written"] == 5
+
+
+class SilentReporter:
+    def notice(self, message): ...
+    def problem(self, problem): ...
+    def advance(self, images): ...
+    def doing(self, text): ...
+    def group_done(self, report): ...
+
+
+def test_a_second_ctrl_c_stops_the_writer_after_its_image_and_counts_what_it_wrote(tmp_path):
+    from cosal_cli.runners.local import _Run, _Writing, _Written
+    from cosal_cli.runners.recorder import Recorder
+    from cosal_cli.runners.summary import Summary
+
+    images = [io.ImageFile(tmp_path / f"{index}.png", f"{index}.png") for index in range(3)]
+    group = io.Group("g", tmp_path, images)
+
+    class InterruptedOnce:  # a writer's future whose wait is interrupted once by a signal
+        def __init__(self):
+            self.calls = 0
+
+        def result(self):
+            self.calls += 1
+            if self.calls == 1:
+                raise KeyboardInterrupt
+            return _Written([(images[0], "written", "")], None, 0.1)
+
+    for already_stopping in (False, True):
+        recorder = Recorder(Summary("m", "cpu", str(tmp_path)), SilentReporter(), tmp_path, io.SaveSpec())
+        run = _Run(None, [], "error", recorder)
+        run._writing = _Writing(group, recorder.new_report(group), 0.0, InterruptedOnce())
+        with pytest.raises(KeyboardInterrupt):
+            run._drain(interrupted=already_stopping)
+        # a first Ctrl-C lets the group finish; one more, while the run is stopping, stops the writer
+        assert run._stop.is_set() == already_stopping
+        assert [report.written for report in recorder.summary.groups] == [1] and run._writing is None
 
 
 # -- 7. a stray image beside group folders ---------------------------------------------------------
@@ -452,3 +492,23 @@ def test_decode_errors_never_escape_as_other_exceptions_in_decode_group(tmp_path
     assert [image.path.name for image in decoded.images] == ["ok.png"]
     assert [problem.path.name for problem in decoded.problems] == ["bad.tif"]
     assert torch.from_numpy(decoded.pixels).shape == (1, 32, 32, 3)
+
+
+def test_decoding_a_group_in_a_thread_pool_keeps_its_order_problems_and_notes(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    group = tmp_path / "g"
+    group.mkdir()
+    rng = np.random.default_rng(3)
+    for index in range(7):
+        Image.fromarray(rng.integers(0, 255, (40 + index, 50, 3), dtype=np.uint8)).save(group / f"{index}.png")
+    shutil.copy(BAD_INPUTS / "tiff-second-frame-missing-dimensions.tif", group / "3b.tif")
+    found = io.discover([group]).groups[0]
+    alone = inference.decode_group(found, 32, keep_originals=True)
+    with ThreadPoolExecutor(3) as pool:
+        pooled = inference.decode_group(found, 32, keep_originals=True, pool=pool)
+    assert [image.path.name for image in pooled.images] == [image.path.name for image in alone.images]
+    assert [image.path.name for image in pooled.images][:4] == ["0.png", "1.png", "2.png", "3.png"]
+    assert [problem.path.name for problem in pooled.problems] == ["3b.tif"] and pooled.notes == alone.notes
+    assert np.array_equal(pooled.pixels, alone.pixels) and pooled.sizes == alone.sizes
+    assert all(np.array_equal(a, b) for a, b in zip(pooled.originals, alone.originals))

@@ -1,4 +1,4 @@
-"""The CPU-only parts of the throughput and GPU checks (benchmarks/throughput.py, benchmarks/gpu_check.sh)."""
+"""The CPU-only parts of the throughput and GPU checks (benchmarks/throughput.py, overlapped_io.py, gpu_check.sh)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,24 @@ def test_the_throughput_benchmark_prints_each_methods_rate_beside_its_backbone(l
     assert row is not None, result.stdout
     few, many, bound, ratio = (float(value) for value in row.groups())
     assert few > 0 and many > 0 and bound > 0 and abs(ratio - 100 * few / bound) <= 1
+
+
+@pytest.mark.weights
+def test_the_overlapped_io_benchmark_accounts_for_each_stage_and_the_wall_time(linked_home):
+    linked_home("efficientnet-lite0-imagenet")
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "overlapped_io.py"), "--quick", "--methods",
+                             "gicd", "--threads", "1"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = re.findall(r"^gicd\s+(\S+)" + r"\s+([\d.]+)" * 5 + r"\s+([\d.]+)\+([\d.]+)\s+([\d.]+)$", result.stdout,
+                      re.MULTILINE)  # fmt: skip
+    assert [row[0] for row in rows] == ["examples", "640x480"], result.stdout
+    for _, decode, compute, write, total, wall, decode_wait, write_wait, ratio in rows:
+        decode, compute, write, total, wall = (float(value) for value in (decode, compute, write, total, wall))
+        assert abs(decode + compute + write - total) <= 0.02 and compute <= wall
+        # the main thread waited at most for what the other threads did
+        assert float(decode_wait) <= decode + 0.01 and float(write_wait) <= write + 0.01
+        # the ratio of the unrounded times, within what rounding each to 0.01 s allows
+        assert (total - 0.005) / (wall + 0.005) - 0.005 <= float(ratio) <= (total + 0.005) / (wall - 0.005) + 0.005
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without CUDA")

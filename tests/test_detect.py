@@ -291,9 +291,9 @@ def test_the_progress_moves_per_image_and_says_what_the_run_is_doing(fake_method
     (tmp_path / "g" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     recorder = Recorder()
     local.run(io.discover([tmp_path / "g"]), "test-brightness", tmp_path / "out", reporter=recorder, device_spec="cpu")
-    # half of each image when computed (this method does not count its chunks: at once), half when written,
-    # then the image that failed to decode
-    assert recorder.events == ["g: decoding", "g: computing 4 image(s)", 1.5, "g: writing", "problem", 0.5, 0.5, 0.5,
+    # half of each image when computed (this method does not count its chunks: at once), the image that
+    # failed to decode, half of each image when written, then the failed image's share
+    assert recorder.events == ["g: decoding", "g: computing 4 image(s)", 1.5, "problem", "g: writing", 0.5, 0.5, 0.5,
                                1.0, "done"]  # fmt: skip
 
 

@@ -120,6 +120,23 @@ def test_conversion_refuses_a_graph_with_wrong_shapes(tmp_path):
         convert_keras_vgg16_onnx(onnx_path)
 
 
+def test_folding_batchnorm_into_the_convolutions_keeps_lite0s_outputs():
+    torch.manual_seed(0)
+    network = EfficientNetLite0().eval().requires_grad_(False)
+    for module in network.modules():  # statistics unlike the identity, as trained ones are
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.uniform_(0.5, 1.5)
+            module.bias.uniform_(-0.2, 0.2)
+    images = torch.rand(2, 3, 96, 128)
+    before = network.classify(network.forward_features(images))
+    network.fuse_batchnorm().fuse_batchnorm()  # twice: the second finds nothing left to fold
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in network.modules())
+    after = network.classify(network.forward_features(images))
+    assert torch.allclose(before, after, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("size, kernel, stride", [(7, 3, 2), (8, 3, 2), (9, 5, 2), (10, 5, 1), (13, 3, 1)])
 def test_same_padding_follows_tensorflow(size, kernel, stride):
     """TF 'same': output ceil(size/stride); padding split with the extra pixel at the bottom/right."""

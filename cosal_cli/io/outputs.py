@@ -17,6 +17,7 @@ threshold and is above 0, so an all-black map never gives an all-white mask.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from cosal_cli.errors import UsageError
-from cosal_cli.io.writing import atomic_output
+from cosal_cli.io.writing import PNG_LEVEL, write_bytes
 
 KINDS = ("map", "mask", "cutout", "overlay")
 SUFFIXES = {"map": ".png", "mask": ".mask.png", "cutout": ".cutout.png", "overlay": ".overlay.jpg"}
@@ -102,15 +103,18 @@ class SaveSpec:
         """Write every kind atomically for one image: ``values`` its (H, W) uint8 map, ``photo`` its
         (H, W, 3) uint8 pixels at full size (needed for cut-outs and overlays). Returns the paths."""
         paths = self.paths(map_path)
-        for kind, path in paths.items():
-            image, options = self.render(kind, values, photo)
-            with atomic_output(path) as temporary:
-                image.save(temporary, **options)
+        for kind, data in self.encode(values, photo).items():
+            write_bytes(data, paths[kind])
         return paths
+
+    def encode(self, values: np.ndarray, photo: np.ndarray | None) -> dict[str, bytes]:
+        """Every kind of one image, encoded in memory (kind -> file bytes): the CPU part of writing, which
+        a runner can do away from where the files are written."""
+        return {kind: encoded(*self.render(kind, values, photo)) for kind in self.kinds}
 
     def render(self, kind: str, values: np.ndarray, photo: np.ndarray | None) -> tuple[Image.Image, dict]:
         if kind == "map":
-            return Image.fromarray(values), {"format": "PNG"}
+            return Image.fromarray(values), {"format": "PNG", "compress_level": PNG_LEVEL}
         if kind == "mask":
             return Image.fromarray(self.threshold.mask(values).astype(np.uint8) * 255), {"format": "PNG"}
         if photo is None or photo.shape[:2] != values.shape:
@@ -120,6 +124,13 @@ class SaveSpec:
             return Image.fromarray(np.dstack([photo, alpha]), mode="RGBA"), {"format": "PNG"}
         return Image.fromarray(overlay(photo, values, self.threshold.mask(values))), {
             "format": "JPEG", "quality": JPEG_QUALITY}  # fmt: skip
+
+
+def encoded(image: Image.Image, options: dict) -> bytes:
+    """``image`` saved with Pillow's ``options`` (format, quality ...) into bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, **options)
+    return buffer.getvalue()
 
 
 def overlay(photo: np.ndarray, values: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cosal_cli.io.outputs import Threshold, overlay
-from cosal_cli.io.writing import atomic_output
+from cosal_cli.io.outputs import Threshold, encoded, overlay
+from cosal_cli.io.writing import atomic_output, write_bytes
 
 PAGE = "index.html"
 THUMBNAILS = "index_files"  # like a browser's "save page as": the page's files beside it
@@ -43,6 +43,13 @@ def thumbnail_paths(output_dir: Path, group: str, map_name: str) -> dict[str, Pa
 
 def write_thumbnails(output_dir: Path, group: str, map_name: str, photo: np.ndarray, values: np.ndarray) -> None:
     """The photo, the map and an overlay of one image, at most THUMBNAIL_SIDE pixels a side."""
+    paths = thumbnail_paths(output_dir, group, map_name)
+    for kind, data in encode_thumbnails(photo, values).items():
+        write_bytes(data, paths[kind])
+
+
+def encode_thumbnails(photo: np.ndarray, values: np.ndarray) -> dict[str, bytes]:
+    """The thumbnails of one image, encoded in memory (kind -> file bytes, kinds as :data:`KINDS`)."""
     scale = THUMBNAIL_SIDE / max(values.shape)
     size = (max(1, round(values.shape[1] * scale)), max(1, round(values.shape[0] * scale)))
     small_photo = np.asarray(Image.fromarray(photo).resize(size, Image.BILINEAR))
@@ -51,9 +58,8 @@ def write_thumbnails(output_dir: Path, group: str, map_name: str, photo: np.ndar
     small_mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
     images = {"photo": Image.fromarray(small_photo), "map": Image.fromarray(small_map),
               "overlay": Image.fromarray(overlay(small_photo, small_map, small_mask))}  # fmt: skip
-    for kind, path in thumbnail_paths(output_dir, group, map_name).items():
-        with atomic_output(path) as temporary:
-            images[kind].save(temporary, format="PNG" if kind == "map" else "JPEG", quality=85)
+    return {kind: encoded(image, {"format": "PNG" if kind == "map" else "JPEG", "quality": 85})
+            for kind, image in images.items()}  # fmt: skip
 
 
 def save_thumbnail(pixels: np.ndarray, path: Path) -> Path:

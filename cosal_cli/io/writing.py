@@ -40,6 +40,12 @@ def atomic_output(destination: Path) -> Iterator[Path]:
 PNG_LEVEL = 6
 
 
+def write_bytes(data: bytes, destination: Path) -> None:
+    """Write an already encoded file atomically (what a runner does with the bytes of an encoded map)."""
+    with atomic_output(destination) as temporary:
+        temporary.write_bytes(data)
+
+
 def write_map(values: np.ndarray, destination: Path) -> None:
     """Write an 8-bit grayscale PNG atomically; ``values`` is (H, W) uint8."""
     if values.dtype != np.uint8 or values.ndim != 2:

@@ -1,8 +1,11 @@
-"""Processing one group, as a pure function: a decoded group in, its outcome out.
+"""Processing one group, as pure functions: a decoded group in, its outcome and encoded files out.
 
 :func:`process_group` touches no shared state and writes nothing: it returns the group's maps (still
-low-resolution, brought to size one at a time when written), its failures, notices and timings. The
-local runner calls it in its own process; a cluster runner calls the same function in its workers.
+low-resolution, brought to size one at a time when written), its failures, notices and timings.
+:func:`encode_outputs` then brings each map to size, refines it and encodes the files ``--save`` and
+``--preview`` ask for into bytes, one image at a time. Writing those bytes is the runner's job: the
+local runner writes them behind the next group's computation; a cluster runner's workers send them to
+the driver, which writes them.
 Every way a group can go wrong ends up in the outcome, never as an exception: a group's inputs or
 its size (an InputError, running out of memory) fail its images; anything else is cosal's own bug,
 reported as an internal error (exit 5) with its traceback.
@@ -10,15 +13,17 @@ reported as an internal error (exit 5) with its traceback.
 
 from __future__ import annotations
 
+import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from cosal_cli.errors import InputError, first_line
 from cosal_cli.inference import DecodedGroup, GroupMaps, infer, sources_of
-from cosal_cli.io import Group, Problem
+from cosal_cli.io import Group, ImageFile, Problem, SaveSpec
+from cosal_cli.io.preview import encode_thumbnails
 from cosal_cli.methods.base import Method
 from cosal_cli.refine import Refiner
 
@@ -53,6 +58,43 @@ def process_group(method: Method, refiners: Sequence[Refiner], group: Group, dec
         outcome.failures += internal_error_problems(group, exc, [image.path for image in decoded.images])
         outcome.internal_error = True
     return outcome
+
+
+@dataclass
+class EncodedImage:
+    """One image's files, encoded: ``files`` maps each ``--save`` kind to its bytes, ``thumbnails`` each
+    preview kind (empty without ``--preview``). A skipped image (its files all exist) has neither."""
+
+    image: ImageFile
+    files: dict[str, bytes] = field(default_factory=dict)
+    thumbnails: dict[str, bytes] = field(default_factory=dict)
+    skipped: bool = False
+    seconds: float = 0.0  # bringing the map to size, refining it and encoding its files
+
+
+def encode_outputs(outcome: GroupOutcome, save: SaveSpec, preview: bool = False,
+                   skip: Collection[str] = ()) -> Iterator[EncodedImage]:  # fmt: skip
+    """The encoded files of each image of a predicted group, in order, one image at a time (a group's
+    full-size maps need not fit in memory together). See :func:`encode_image`."""
+    for index in range(len(outcome.decoded.images)):
+        yield encode_image(outcome, index, save, preview, skip)
+
+
+def encode_image(outcome: GroupOutcome, index: int, save: SaveSpec, preview: bool = False,
+                 skip: Collection[str] = ()) -> EncodedImage:  # fmt: skip
+    """Image ``index``'s map brought to size and refined, and its files encoded; an image whose output
+    name is in ``skip`` is not computed. Errors are cosal's own (the inputs were decoded): they propagate."""
+    image = outcome.decoded.images[index]
+    if image.output_name in skip:
+        return EncodedImage(image, skipped=True)
+    tick = time.perf_counter()
+    photo = outcome.decoded.originals[index] if save.needs_photo or preview else None
+    values = outcome.maps.eight_bit(index)
+    encoded = EncodedImage(image, save.encode(values, photo))
+    if preview:
+        encoded.thumbnails = encode_thumbnails(photo, values)
+    encoded.seconds = time.perf_counter() - tick
+    return encoded
 
 
 def internal_error_problems(group: Group, exc: BaseException, paths: list) -> list[Problem]:

@@ -1,33 +1,40 @@
 """The local runner: discovered groups through one method on this machine, maps written to a folder.
 
-It owns what only a folder run needs: the existing-output policy, decoding one group ahead of the
-network (in a background thread), writing each map atomically, and reporting. Each group goes
-through :func:`cosal_cli.runners.group.process_group`, the pure per-group function a cluster runner
-will share. Every problem with one input is recorded and the batch goes on; the :class:`Summary`
-says what happened and which exit code that means.
+Three stages overlap, so that the network never waits for files on a machine with few cores: a thread
+decodes the next group, this thread computes the current one (:func:`~cosal_cli.runners.group.process_group`),
+and a second thread encodes and writes the previous one's files (:func:`~cosal_cli.runners.group.encode_outputs`,
+atomically). Groups are reported in input order. Every problem with one input is recorded and the batch
+goes on; the :class:`Summary` says what happened and which exit code that means.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from cosal_cli import methods
-from cosal_cli.errors import Terminated, UsageError
+from cosal_cli.errors import Terminated
 from cosal_cli.hub import ProgressCallback
 from cosal_cli.inference import decode_group
-from cosal_cli.io import Discovery, Group, ImageFile, Problem, SaveSpec
-from cosal_cli.io.preview import write_thumbnails
+from cosal_cli.io import Discovery, Group, ImageFile, SaveSpec
 from cosal_cli.methods.loader import load_method, resolve_device, use_threads
 from cosal_cli.methods.options import MethodOptions
 from cosal_cli.refine import check_refiners, load_refiner
-from cosal_cli.runners.group import GroupOutcome, internal_error_problems, process_group
+from cosal_cli.runners.group import EncodedImage, GroupOutcome, encode_image, process_group
+from cosal_cli.runners.outputs import (
+    MAPS_ONLY,
+    check_existing,
+    check_output_location,
+    finished_images,
+    is_pending,
+    write_encoded,
+)
+from cosal_cli.runners.recorder import Recorder
 from cosal_cli.runners.summary import GroupReport, Reporter, Summary
-
-EXISTING_POLICIES = ("error", "skip", "overwrite")
-MAPS_ONLY = SaveSpec()  # what a run writes unless told otherwise (--save map)
 
 
 def run(
@@ -53,8 +60,6 @@ def run(
     Raises UsageError / WeightsUnavailable / ChecksumMismatch for whole-run problems (before any map
     is written); per-image problems end up in ``Summary.failures``.
     """
-    if existing not in EXISTING_POLICIES:
-        raise UsageError(f"existing-output policy must be one of {EXISTING_POLICIES}")
     started = time.perf_counter()
     refiner_names = methods.refiners_for(method_name, refine)
     check_refiners(refiner_names)  # an unknown name fails before any file
@@ -65,240 +70,220 @@ def run(
     check_existing(discovery, output_dir, existing, save)
     summary = Summary(method=method_name, device=str(device), output=str(output_dir), refiners=refiner_names,
                       backend=backend, threads=threads_in_use)  # fmt: skip
-    for problem in discovery.problems:
-        _record_problem(summary, reporter, problem)
-    for message in discovery.notices:
-        _record_notice(summary, reporter, message)
-    summary.timings = {"weights_s": 0.0, "decode_s": 0.0, "compute_s": 0.0, "write_s": 0.0}
-    pending = [group for group in discovery.groups if _pending(group, output_dir, existing, save)]
+    recorder = Recorder(summary, reporter, output_dir, save)
+    start_summary(recorder, discovery)
+    pending = [group for group in discovery.groups if is_pending(group, output_dir, existing, save)]
     method = None
     if pending:  # weights are only needed (and fetched) when there is work
         tick = time.perf_counter()
         method = load_method(method_name, device, batch_size, offline, download_progress, options, backend)
         summary.timings["weights_s"] = time.perf_counter() - tick
         for message in method.notices:
-            _record_notice(summary, reporter, message)
-    run_context = _Run(method, refiners, output_dir, existing, summary, reporter, save, preview)
+            recorder.notice(message)
+    run_context = _Run(method, refiners, existing, recorder, preview)
+    tick = time.perf_counter()
     try:
         run_context.groups(discovery.groups, pending)
     except KeyboardInterrupt as exc:  # the group being written is in the summary with what it wrote
         summary.interrupted, summary.terminated = True, isinstance(exc, Terminated)
+    summary.timings["run_s"] = time.perf_counter() - tick
     summary.timings["total_s"] = time.perf_counter() - started
     return summary
 
 
-def output_path(output_dir: Path, group: Group, image: ImageFile) -> Path:
-    """Where an image's map goes; the other kinds of ``--save`` go beside it (:mod:`cosal_cli.io.outputs`)."""
-    return output_dir / group.name / image.output_name
+def start_summary(recorder: Recorder, discovery: Discovery) -> None:
+    """Discovery's problems and notices, and the timings every run reports (zero until measured)."""
+    for problem in discovery.problems:
+        recorder.fail_run(problem)
+    for message in discovery.notices:
+        recorder.notice(message)
+    recorder.summary.timings = {"weights_s": 0.0, "decode_s": 0.0, "compute_s": 0.0, "write_s": 0.0}
 
 
-def check_existing(discovery: Discovery, output_dir: Path, policy: str, save: SaveSpec = MAPS_ONLY) -> None:
-    """With the default policy, refuse to run over existing outputs before any work is done."""
-    if policy != "error":
-        return
-    existing = [
-        path
-        for group in discovery.groups
-        for image in group.images
-        for path in save.paths(output_path(output_dir, group, image)).values()
-        if path.exists()
-    ]
-    if existing:
-        raise UsageError(
-            f"{len(existing)} map(s) already exist in {output_dir} (first: {existing[0]}); "
-            "pass --skip-existing to resume or --overwrite to replace them"
-        )
 
 
-def check_output_location(discovery: Discovery, output_dir: Path) -> None:
-    """Refuse an output folder that would put maps among a group's photos (the next run would read them)."""
-    output = _resolved(output_dir)
-    for group in discovery.groups:
-        folder = _resolved(group.folder)
-        maps = _resolved(output_dir / group.name)
-        inside = output == folder or folder in output.parents or folder in maps.parents
-        # Files given one by one are not listed again by the next run; only maps beside them could clash.
-        if maps == folder or (inside and not group.from_files):
-            raise UsageError(
-                f"--output {output_dir} would write the maps of group {group.name} into its input folder "
-                f"{group.folder}, where the next run would read them as images; choose an output folder "
-                "outside the input folders"
-            )
+#: Threads decoding (and resizing) a group's images, ahead of the computation. Two keep the first group's
+#: decoding short where nothing overlaps it yet; more would compete with the computation's threads.
+DECODE_THREADS = 2
+#: Threads bringing maps to size and encoding and writing their files, behind the computation: the last
+#: group's writing overlaps nothing, and on large photos it takes as long as a fast method's computation.
+WRITE_THREADS = 2
 
 
-def _resolved(path: Path) -> Path:
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):  # a link loop: compare it as written
-        return path.absolute()
+@dataclass
+class _Writing:
+    """A computed group whose files the writer thread is encoding and writing."""
+
+    group: Group
+    report: GroupReport
+    started: float
+    future: Future  # -> _Written
 
 
-def _pending(group: Group, output_dir: Path, existing: str, save: SaveSpec) -> bool:
-    if not group.images:
-        return False
-    if existing != "skip":
-        return True
-    return not all(_finished(save.paths(output_path(output_dir, group, image))) for image in group.images)
+@dataclass
+class _Written:
+    """What the writer thread did with a group: (image, status, error) per image it reached."""
 
-
-def _finished(paths: dict[str, Path]) -> bool:
-    """An image is done when every kind asked for exists (each was written atomically)."""
-    return all(path.exists() for path in paths.values())
+    results: list[tuple[ImageFile, str, str]]
+    error: Exception | None  # the bug that stopped it, if any
+    seconds: float
 
 
 class _Run:
-    """One run's groups: decoded one ahead, processed, written and reported in input order."""
+    """One run's groups, in input order: decoded one ahead, computed here, written one behind."""
 
-    def __init__(self, method, refiners, output_dir: Path, existing: str, summary: Summary, reporter: Reporter,
-                 save: SaveSpec, preview: bool = False):  # fmt: skip
-        self.method, self.refiners, self.output_dir, self.existing = method, refiners, output_dir, existing
-        self.summary, self.reporter, self.save, self.preview = summary, reporter, save, preview
-        self._advanced: dict[int, float] = {}  # images of a group already counted on the progress bar
+    def __init__(self, method, refiners, existing: str, recorder: Recorder, preview: bool = False):
+        self.method, self.refiners, self.existing, self.preview = method, refiners, existing, preview
+        self.recorder, self.summary = recorder, recorder.summary
+        self.output_dir, self.save = recorder.output_dir, recorder.save
+        self._writing: _Writing | None = None
+        # Set by a second Ctrl-C / SIGTERM while a computed group is being written: the writer stops after
+        # the image it is on. The first one lets it finish the group (its maps are computed already).
+        # (Python runs signal handlers in the main thread, so only this thread sees them.)
+        self._stop = threading.Event()
+        for key in ("write_s", "decode_wait_s", "write_wait_s"):  # the waits: this thread's, for the other two
+            self.summary.timings.setdefault(key, 0.0)
 
     def groups(self, groups: list[Group], pending: list[Group]) -> None:
-        """Decoding runs in a worker thread (Pillow releases the GIL), so the next group is read while
-        the current one is computed."""
+        """Decoding and writing run in worker threads (Pillow, zlib and torch release the GIL)."""
         queue, pending_ids = iter(pending), {id(group) for group in pending}
         # full-size pixels for refiners, cut-outs, overlays and the preview's thumbnails
         keep = bool(self.refiners) or self.save.needs_photo or self.preview
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cosal-decode") as pool:
+        with (
+            ThreadPoolExecutor(1, "cosal-decode") as decoder,
+            ThreadPoolExecutor(DECODE_THREADS, "cosal-decode-image") as images,
+            ThreadPoolExecutor(1, "cosal-write") as writer,
+            ThreadPoolExecutor(WRITE_THREADS, "cosal-write-image") as self._image_writers,
+        ):
 
             def decode_next() -> Future | None:
                 group = next(queue, None)
-                return None if group is None else pool.submit(decode_group, group, self.method.input_size, keep)
+                size = self.method.input_size
+                return None if group is None else decoder.submit(decode_group, group, size, keep, images)
 
             upcoming = decode_next() if pending else None
             try:
                 for group in groups:
                     if id(group) not in pending_ids:
-                        self._finish(self._skipped_report(group), 0.0)
+                        self._drain()
+                        self.recorder.skipped_group(group)
                         continue
                     decoding, upcoming = upcoming, decode_next()
-                    self.group(group, decoding)
+                    self.group(group, decoding, writer)
+                self._drain()
             except BaseException:
                 if upcoming is not None:
                     upcoming.cancel()
+                self._drain(interrupted=True)  # the group being written is finished and in the summary
                 raise
 
-    def group(self, group: Group, decoding: Future) -> None:
+    def group(self, group: Group, decoding: Future, writer: ThreadPoolExecutor) -> None:
         """One group, isolated: whatever goes wrong in it is reported against it and the batch goes on.
 
-        The report is finished even when Ctrl-C or SIGTERM arrives, so the summary counts the maps that
-        group had already written.
+        The previous group is finished (its files written, its report done) before this one is recorded,
+        so reports keep the input order; its writing overlaps this group's computation.
         """
-        started = time.perf_counter()
-        report = self._new_report(group)
+        started, report, opened = time.perf_counter(), self.recorder.new_report(group), False
         try:
-            self.reporter.doing(f"{group.name}: decoding")
-            decoded = decoding.result()
-            self.reporter.doing(f"{group.name}: computing {len(group.images)} image(s)")
-            encoded = [0]  # images of this group through the encoder so far (several passes count once)
-
-            def computed(count: int) -> None:  # half of an image's progress is its computation
-                step = min(count, len(decoded.images) - encoded[0])
-                encoded[0] += step
-                self._tick(report, 0.5 * step)
-
-            with self.method.counting_images(computed):
-                outcome = process_group(self.method, self.refiners, group, decoded)
-            self._tick(report, 0.5 * (len(decoded.images) - encoded[0]))  # methods that do not count
-            self.reporter.doing(f"{group.name}: writing")
-            self._record(outcome, report)
+            outcome = self._compute(group, decoding, report)
+            self._drain()
+            self.recorder.open(report, group)
+            opened = True
+            self.recorder.outcome(outcome, report)
             if outcome.maps is not None:
-                self._write(outcome, report)
-        except Exception as exc:  # decoding or writing hit a bug: this group only, exit 5
-            handled = {entry["input"] for entry in report.outputs}
-            paths = [image.path for image in group.images if str(image.path) not in handled]
-            self.summary.internal_errors += 1
-            for problem in internal_error_problems(group, exc, paths):
-                self._fail(report, problem)
+                skip = finished_images(group, self.output_dir, self.existing, self.save)
+                self.recorder.reporter.doing(f"{group.name}: writing")
+                future = writer.submit(self._encode_and_write, outcome, skip)
+                self._writing, report = _Writing(group, report, started, future), None
+        except Exception as exc:  # decoding hit a bug: this group only, exit 5
+            self._drain()
+            if not opened:
+                self.recorder.open(report, group)
+            self.recorder.internal_error(report, group, exc)
+        except BaseException:  # Ctrl-C or SIGTERM: the previous group first, then this one, as it stands
+            self._drain(interrupted=True)
+            if not opened:
+                self.recorder.open(report, group)
+            raise
         finally:
-            self._finish(report, started)
+            if report is not None:
+                self.recorder.finish(report, started)
 
-    def _record(self, outcome: GroupOutcome, report: GroupReport) -> None:
-        for key, seconds in outcome.timings.items():
-            self.summary.timings[key] = self.summary.timings.get(key, 0.0) + seconds
-        for note in outcome.notices:
-            _record_notice(self.summary, self.reporter, note)
-        for problem in outcome.failures:
-            self._fail(report, problem)
-        self.summary.internal_errors += int(outcome.internal_error)
-
-    def _write(self, outcome: GroupOutcome, report: GroupReport) -> None:
+    def _compute(self, group: Group, decoding: Future, report: GroupReport) -> GroupOutcome:
+        self.recorder.reporter.doing(f"{group.name}: decoding")
         tick = time.perf_counter()
-        group = outcome.group
-        for index, image in enumerate(outcome.decoded.images):
-            paths = self.save.paths(output_path(self.output_dir, group, image))
-            destination = next(iter(paths.values()))
-            entry = {"input": str(image.path), "output": str(destination), "files": _as_strings(paths)}
-            if self.existing == "skip" and _finished(paths):
-                report.skipped += 1
-                report.outputs.append({**entry, "status": "skipped"})
-                self._tick(report)
-                continue
+        decoded = decoding.result()
+        self.summary.timings["decode_wait_s"] += time.perf_counter() - tick
+        self.recorder.reporter.doing(f"{group.name}: computing {len(group.images)} image(s)")
+        encoded = [0]  # images of this group through the encoder so far (several passes count once)
+
+        def computed(count: int) -> None:  # half of an image's progress is its computation
+            step = min(count, len(decoded.images) - encoded[0])
+            encoded[0] += step
+            self.recorder.tick(report, 0.5 * step)
+
+        with self.method.counting_images(computed):
+            outcome = process_group(self.method, self.refiners, group, decoded)
+        self.recorder.tick(report, 0.5 * (len(decoded.images) - encoded[0]))  # methods that do not count
+        return outcome
+
+    def _encode_and_write(self, outcome: GroupOutcome, skip: Collection[str]) -> _Written:
+        """In the writer thread: each image's files encoded and written (by the image writers, in order),
+        until done or told to stop. Touches no summary or reporter (those belong to the main thread)."""
+        written = _Written([], None, 0.0)
+        tick = time.perf_counter()
+
+        def one(index: int) -> tuple[ImageFile, str, str] | None:
+            if self._stop.is_set():
+                return None
+            return (outcome.decoded.images[index], *self._write(encode_image(outcome, index, self.save, self.preview,
+                                                                             skip), outcome.group))  # fmt: skip
+
+        try:
+            for result in self._image_writers.map(one, range(len(outcome.decoded.images))):
+                if result is not None:
+                    written.results.append(result)
+        except Exception as exc:  # a bug while encoding (a refiner, say): the rest of the group fails
+            written.error = exc
+        written.seconds = time.perf_counter() - tick
+        return written
+
+    def _write(self, encoded: EncodedImage, group: Group) -> tuple[str, str]:
+        if encoded.skipped:
+            return "skipped", ""
+        try:
+            write_encoded(encoded, self.output_dir, group, self.save)
+        except OSError as exc:
+            return "failed", exc.strerror or str(exc)
+        return "written", ""
+
+    def _drain(self, interrupted: bool = False) -> None:
+        """Wait for the group being written, then record its files and finish its report.
+
+        Its maps are computed, so a Ctrl-C (or SIGTERM) lets it finish; another one (``interrupted``: the
+        run is already stopping) makes the writer stop after the image it is on. The interruption is
+        raised again once the group is reported.
+        """
+        writing = self._writing
+        if writing is None:
+            return
+        tick, first = time.perf_counter(), None
+        while True:
             try:
-                photo = outcome.decoded.originals[index] if self.save.needs_photo or self.preview else None
-                values = outcome.maps.eight_bit(index)
-                self.save.write(values, photo, output_path(self.output_dir, group, image))
-                if self.preview:
-                    write_thumbnails(self.output_dir, group.name, image.output_name, photo, values)
-            except OSError as exc:
-                problem = Problem(image.path, f"cannot write {destination}: {exc.strerror or exc}", group.name)
-                self._fail(report, problem, output=str(destination))
-                continue
-            report.written += 1
-            report.outputs.append({**entry, "status": "written"})
-            self._tick(report)
-        self.summary.timings["write_s"] += time.perf_counter() - tick
-
-    def _new_report(self, group: Group) -> GroupReport:
-        """A group's report, with what discovery already knows: its notices and unusable files."""
-        report = GroupReport(group.name, str(group.folder), str(self.output_dir / group.name),
-                             images=len(group.images) + len(group.problems))  # fmt: skip
-        for message in group.notices:
-            _record_notice(self.summary, self.reporter, message)
-        for problem in group.problems:
-            self._fail(report, problem)
-        return report
-
-    def _skipped_report(self, group: Group) -> GroupReport:
-        report = self._new_report(group)
-        for image in group.images:
-            report.skipped += 1
-            paths = self.save.paths(output_path(self.output_dir, group, image))
-            report.outputs.append({"input": str(image.path), "output": str(next(iter(paths.values()))),
-                                   "files": _as_strings(paths), "status": "skipped"})  # fmt: skip
-        return report
-
-    def _tick(self, report: GroupReport, images: float = 0.5) -> None:
-        """The progress bar moves per image as its map is computed (half) and written (half), not per group."""
-        if images:
-            self._advanced[id(report)] = self._advanced.get(id(report), 0.0) + images
-            self.reporter.advance(images)
-
-    def _finish(self, report: GroupReport, started: float) -> None:
-        report.seconds = time.perf_counter() - started if started else 0.0
-        self.summary.groups.append(report)
-        rest = report.images - self._advanced.pop(id(report), 0.0)  # failures, and skipped groups
-        if rest > 1e-9:
-            self.reporter.advance(rest)
-        self.reporter.group_done(report)
-
-    def _fail(self, report: GroupReport, problem: Problem, output: str = "") -> None:
-        report.failed += 1
-        report.outputs.append({"input": str(problem.path), "output": output, "status": "failed"})
-        _record_problem(self.summary, self.reporter, problem)
-
-
-def _as_strings(paths: dict[str, Path]) -> dict[str, str]:
-    return {kind: str(path) for kind, path in paths.items()}
-
-
-def _record_problem(summary: Summary, reporter: Reporter, problem: Problem) -> None:
-    summary.failures.append(problem)
-    reporter.problem(problem)
-
-
-def _record_notice(summary: Summary, reporter: Reporter, message: str) -> None:
-    summary.notices.append(message)
-    reporter.notice(message)
+                written: _Written = writing.future.result()
+                break
+            except KeyboardInterrupt as exc:
+                first = first or exc
+                if interrupted:
+                    self._stop.set()
+                interrupted = True
+        self._writing = None
+        self.summary.timings["write_wait_s"] += time.perf_counter() - tick
+        self.summary.timings["write_s"] += written.seconds
+        for image, status, error in written.results:
+            self.recorder.written(writing.report, writing.group, image, status, error)
+        if written.error is not None:
+            self.recorder.internal_error(writing.report, writing.group, written.error)
+        self.recorder.finish(writing.report, writing.started)
+        if first is not None:
+            raise first

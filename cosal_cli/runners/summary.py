@@ -74,7 +74,9 @@ class Summary:
         return ExitCode.INPUTS_FAILED if self.failures else ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
-        computed = self.timings.get("decode_s", 0) + self.timings.get("compute_s", 0) + self.timings.get("write_s", 0)
+        # Decoding, computing and writing overlap: the rate is over the wall time from the first group's
+        # decoding to the last group's files (weights loading and discovery excluded).
+        computed = self.timings.get("run_s", 0.0)
         processed = sum(group.images - group.skipped for group in self.groups)
         return {
             "cosal_version": __version__,
