@@ -10,7 +10,7 @@ prediction, and every unreadable file, is reported by name and counted.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -130,7 +130,8 @@ class BenchResult:
             "seconds": round(method.seconds, 3),
         }
         if method.detect is not None:
-            row["detect"] = {key: method.detect[key] for key in ("counts", "timings", "images_per_second", "device")}
+            row["detect"] = {key: method.detect[key] for key in ("counts", "timings", "images_per_second", "device",
+                                                                 "runner")}
         if details:
             _, curves = method.accumulator.averages(self.group_average)
             row["curves"] = {
@@ -276,12 +277,14 @@ def run(
     download_progress=None,
     backend: str = "torch",
     threads: int | None = None,
+    runner: Callable[..., Any] | None = None,
 ) -> BenchResult:
     """Run ``methods`` on every dataset and score them together with the ``predictions`` folders.
 
     ``options`` maps a method name to its typed options (``--sism``, ``--subgroup``: see
     :func:`cosal_cli.methods.split_options`); ``refine`` names refiners applied after every method,
-    and a method's maps and row are then labelled ``method+refiner`` (``gicd+ranking``).
+    and a method's maps and row are then labelled ``method+refiner`` (``gicd+ranking``). ``runner`` is
+    the run function that computes the maps (:func:`cosal_cli.runners.select`; default: the local runner).
     """
     result = BenchResult(protocol, group_average)
     try:
@@ -293,7 +296,7 @@ def run(
             for method in methods:
                 method_options = (options or {}).get(method)
                 label = method_label(method, refine, method_options)
-                run = _MethodRun(method, label, method_options, list(refine), backend, threads)
+                run = _MethodRun(method, label, method_options, list(refine), backend, threads, runner)
                 summary = _detect(dataset, run, output, existing, device_spec, batch_size, offline, reporter,
                                   download_progress)  # fmt: skip
                 reporter.stage(f"{dataset.name}: scoring {label}", len(dataset.items))
@@ -327,10 +330,11 @@ class _MethodRun:
     refine: list[str]
     backend: str = "torch"
     threads: int | None = None  # torch's (and onnxruntime's) CPU threads; None: the default
+    runner: Callable[..., Any] | None = None  # the runner's run function; None: the local runner
 
 
 def _detect(dataset, run: _MethodRun, output, existing, device_spec, batch_size, offline, reporter, download_progress):
-    from cosal_cli.runners import local  # torch is only needed when a method runs
+    from cosal_cli import runners  # torch is only needed when a method runs
 
     groups = [group.image_dir for group in dataset.groups if group.image_dir is not None]
     discovery = io.discover(groups, layout="group")  # each is a group folder of the dataset
@@ -340,7 +344,7 @@ def _detect(dataset, run: _MethodRun, output, existing, device_spec, batch_size,
             group.images = [image for image in group.images if image.path.resolve() in selected]
     total = sum(len(group.images) + len(group.problems) for group in discovery.groups)
     reporter.stage(f"{dataset.name}: running {run.label}", total)
-    summary = local.run(
+    summary = (run.runner or runners.select("local"))(
         discovery,
         run.method,
         method_output(output, run.label, dataset),

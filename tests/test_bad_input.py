@@ -292,20 +292,20 @@ def test_real_sigterm_to_a_cosal_process_exits_143_with_json(tmp_path):
 
 
 def test_ctrl_c_while_a_group_is_written_finishes_it_then_exits_130(fake_method, tmp_path, monkeypatch):
-    from cosal_cli.runners.local import _Run
+    from cosal_cli.runners import local
 
     for index in range(5):
         save(tmp_path / "g" / f"{index}.png")
     written = []
-    real_write = _Run._write
+    real_write = local.write_image
 
-    def write_then_ctrl_c(self, encoded, group):  # in the writer thread
+    def write_then_ctrl_c(encoded, *args):  # in a writer thread
         if len(written) == 3:
             _thread.interrupt_main()  # Ctrl-C arriving while the fourth map is written
         written.append(encoded.image)
-        return real_write(self, encoded, group)
+        return real_write(encoded, *args)
 
-    monkeypatch.setattr(_Run, "_write", write_then_ctrl_c)
+    monkeypatch.setattr(local, "write_image", write_then_ctrl_c)
     result, summary = detect_json(str(tmp_path / "g"), "-o", str(tmp_path / "out"))
     assert result.exit_code == 130 and summary["interrupted"]
     # the group's maps were computed: all are written, whole, and counted

@@ -26,15 +26,22 @@ from cosal_cli.cli.options import (
     ChunkOption,
     CoCategoryOption,
     DebugOption,
+    GpusPerWorkerOption,
     OutsidersOption,
     PoolingOption,
+    RayAddressOption,
+    RayRuntimeEnvOption,
     RefineOption,
+    RunnerOption,
     ScalesOption,
     SismDirOption,
     SismOption,
     SmoothingOption,
     SubgroupOption,
     ThreadsOption,
+    WorkersOption,
+    WriteOnWorkersOption,
+    chosen_runner,
     method_choices,
     method_values,
 )
@@ -88,6 +95,12 @@ def bench(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     backend: BackendOption = "torch",
     threads: ThreadsOption = None,
+    runner: RunnerOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = None,
+    gpus_per_worker: GpusPerWorkerOption = None,
+    write_on_workers: WriteOnWorkersOption = False,
+    ray_runtime_env: RayRuntimeEnvOption = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
     sism: SismOption = None,
     sism_dir: SismDirOption = None,
@@ -116,6 +129,7 @@ def bench(
 
     if skip_existing and overwrite:
         raise UsageError("--skip-existing and --overwrite exclude each other")
+    run = chosen_runner(runner, ray_address, workers, gpus_per_worker, write_on_workers, ray_runtime_env)
     if protocol not in metrics.PROTOCOLS:
         raise UsageError(f"--protocol must be one of {', '.join(metrics.PROTOCOLS)}, not {protocol!r}")
     method_names = list(method or ([] if pred else [methods.DEFAULT_METHOD]))
@@ -158,6 +172,7 @@ def bench(
             download_progress=download_callback(progress) if progress else None,
             backend=backend,
             threads=threads,
+            runner=run,
         )
     if report is not None:
         from cosal_cli.report import write_report

@@ -22,17 +22,24 @@ from cosal_cli.cli.options import (
     ChunkOption,
     CoCategoryOption,
     DebugOption,
+    GpusPerWorkerOption,
     LayoutOption,
     MethodOption,
     OutsidersOption,
     PoolingOption,
+    RayAddressOption,
+    RayRuntimeEnvOption,
     RefineOption,
+    RunnerOption,
     ScalesOption,
     SismDirOption,
     SismOption,
     SmoothingOption,
     SubgroupOption,
     ThreadsOption,
+    WorkersOption,
+    WriteOnWorkersOption,
+    chosen_runner,
     method_values,
 )
 from cosal_cli.errors import UsageError
@@ -74,6 +81,12 @@ def detect(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     backend: BackendOption = "torch",
     threads: ThreadsOption = None,
+    runner: RunnerOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = None,
+    gpus_per_worker: GpusPerWorkerOption = None,
+    write_on_workers: WriteOnWorkersOption = False,
+    ray_runtime_env: RayRuntimeEnvOption = None,
     skip_existing: Annotated[
         bool, typer.Option("--skip-existing", help="Keep maps that exist (resume a run).")
     ] = False,
@@ -102,8 +115,8 @@ def detect(
 ) -> None:
     """Write a co-saliency map for every image of every group."""
     from cosal_cli import hub, io, methods
-    from cosal_cli.runners import local
 
+    run = chosen_runner(runner, ray_address, workers, gpus_per_worker, write_on_workers, ray_runtime_env)
     if skip_existing and overwrite:
         raise UsageError("--skip-existing and --overwrite exclude each other")
     method_name = method or methods.DEFAULT_METHOD
@@ -125,7 +138,7 @@ def detect(
 
     with progress_bar(quiet, total) as progress:
         reporter = ConsoleReporter(progress, quiet, debug)
-        summary = local.run(
+        summary = run(
             discovery,
             method_name,
             output,

@@ -36,6 +36,31 @@ ThreadsOption = Annotated[
     Optional[int], typer.Option("--threads", min=1, metavar="N", show_default=False,
                                 help="CPU threads for torch and onnxruntime (default: one per core).")
 ]  # fmt: skip
+RunnerOption = Annotated[
+    str, typer.Option("--runner", metavar="local|ray", help="Where groups are computed: in this process, or by "
+                      "Ray actors on a cluster (the ray extra; see the README's \"Running on a cluster\").")
+]  # fmt: skip
+RayAddressOption = Annotated[
+    Optional[str], typer.Option("--ray-address", metavar="HOST:PORT", show_default=False, help="The Ray cluster "
+                                "to use (default: the one running on this machine, else a new local one).")
+]  # fmt: skip
+WorkersOption = Annotated[
+    Optional[int], typer.Option("--workers", min=1, metavar="N", show_default=False,
+                                help="Ray actors, each holding the method [default: 2].")
+]  # fmt: skip
+GpusPerWorkerOption = Annotated[
+    Optional[float], typer.Option("--gpus-per-worker", min=0.0, metavar="F", show_default=False,
+                                  help="GPUs Ray reserves for each actor (0.5: two actors share one) [default: 0].")
+]  # fmt: skip
+WriteOnWorkersOption = Annotated[
+    bool, typer.Option("--write-on-workers", help="Ray actors write the files into OUTPUT themselves (a path "
+                       "every node sees) instead of sending them to this process.")
+]  # fmt: skip
+RayRuntimeEnvOption = Annotated[
+    Optional[str], typer.Option("--ray-runtime-env", metavar="JSON", show_default=False, help="Ray's runtime "
+                                "environment for the actors, e.g. "
+                                "'{\"env_vars\": {\"COSAL_HOME\": \"/shared/cosal\"}}'.")
+]  # fmt: skip
 SismOption = Annotated[Optional[str], typer.Option("--sism", help=_method_help("sism"))]
 SismDirOption = Annotated[Optional[Path], typer.Option("--sism-dir", help=_method_help("sism_dir"))]
 SubgroupOption = Annotated[Optional[int], typer.Option("--subgroup", min=1, help=_method_help("subgroup"))]
@@ -82,3 +107,28 @@ def method_values(sism: str | None, sism_dir: Path | None, subgroup: int | None,
             raise UsageError("--chunk is the old name of --subgroup: give only --subgroup")
         notices.append("--chunk is deprecated and will be removed in the next release: use --subgroup")
     return {"sism": sism, "sism_dir": sism_dir, "subgroup": subgroup, "chunk": chunk, "outsiders": outsiders, **more}
+
+
+def chosen_runner(runner: str, address: str | None, workers: int | None, gpus_per_worker: float | None,
+                  write_on_workers: bool, runtime_env: str | None) -> Any:  # fmt: skip
+    """The run function of ``--runner``, with the cluster options when any is given."""
+    import json
+
+    from cosal_cli import runners
+
+    given = address is not None or workers is not None or gpus_per_worker is not None or write_on_workers
+    if runtime_env is not None:
+        try:
+            environment = json.loads(runtime_env)
+        except json.JSONDecodeError as exc:
+            example = '{"env_vars": {}}'
+            raise UsageError(f"--ray-runtime-env is not JSON ({exc}): give an object, e.g. '{example}'") from None
+        if not isinstance(environment, dict):
+            raise UsageError("--ray-runtime-env must be a JSON object, e.g. '{\"env_vars\": {}}'")
+    if not given and runtime_env is None:
+        return runners.select(runner)
+    from cosal_cli.runners.cluster import ClusterOptions
+
+    cluster = ClusterOptions(address, workers or 2, gpus_per_worker or 0.0, write_on_workers,
+                             environment if runtime_env is not None else None)  # fmt: skip
+    return runners.select(runner, cluster)

@@ -24,14 +24,14 @@ from cosal_cli.io import Discovery, Group, ImageFile, SaveSpec
 from cosal_cli.methods.loader import load_method, resolve_device, use_threads
 from cosal_cli.methods.options import MethodOptions
 from cosal_cli.refine import check_refiners, load_refiner
-from cosal_cli.runners.group import EncodedImage, GroupOutcome, encode_image, process_group
+from cosal_cli.runners.group import GroupOutcome, encode_image, process_group
 from cosal_cli.runners.outputs import (
     MAPS_ONLY,
     check_existing,
     check_output_location,
     finished_images,
     is_pending,
-    write_encoded,
+    write_image,
 )
 from cosal_cli.runners.recorder import Recorder
 from cosal_cli.runners.summary import GroupReport, Reporter, Summary
@@ -71,7 +71,7 @@ def run(
     summary = Summary(method=method_name, device=str(device), output=str(output_dir), refiners=refiner_names,
                       backend=backend, threads=threads_in_use)  # fmt: skip
     recorder = Recorder(summary, reporter, output_dir, save)
-    start_summary(recorder, discovery)
+    recorder.start(discovery)
     pending = [group for group in discovery.groups if is_pending(group, output_dir, existing, save)]
     method = None
     if pending:  # weights are only needed (and fetched) when there is work
@@ -89,17 +89,6 @@ def run(
     summary.timings["run_s"] = time.perf_counter() - tick
     summary.timings["total_s"] = time.perf_counter() - started
     return summary
-
-
-def start_summary(recorder: Recorder, discovery: Discovery) -> None:
-    """Discovery's problems and notices, and the timings every run reports (zero until measured)."""
-    for problem in discovery.problems:
-        recorder.fail_run(problem)
-    for message in discovery.notices:
-        recorder.notice(message)
-    recorder.summary.timings = {"weights_s": 0.0, "decode_s": 0.0, "compute_s": 0.0, "write_s": 0.0}
-
-
 
 
 #: Threads decoding (and resizing) a group's images, ahead of the computation. Two keep the first group's
@@ -236,8 +225,8 @@ class _Run:
         def one(index: int) -> tuple[ImageFile, str, str] | None:
             if self._stop.is_set():
                 return None
-            return (outcome.decoded.images[index], *self._write(encode_image(outcome, index, self.save, self.preview,
-                                                                             skip), outcome.group))  # fmt: skip
+            encoded = encode_image(outcome, index, self.save, self.preview, skip)
+            return (encoded.image, *write_image(encoded, self.output_dir, outcome.group, self.save))
 
         try:
             for result in self._image_writers.map(one, range(len(outcome.decoded.images))):
@@ -247,15 +236,6 @@ class _Run:
             written.error = exc
         written.seconds = time.perf_counter() - tick
         return written
-
-    def _write(self, encoded: EncodedImage, group: Group) -> tuple[str, str]:
-        if encoded.skipped:
-            return "skipped", ""
-        try:
-            write_encoded(encoded, self.output_dir, group, self.save)
-        except OSError as exc:
-            return "failed", exc.strerror or str(exc)
-        return "written", ""
 
     def _drain(self, interrupted: bool = False) -> None:
         """Wait for the group being written, then record its files and finish its report.

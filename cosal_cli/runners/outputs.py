@@ -86,6 +86,17 @@ def finished(paths: dict[str, Path]) -> bool:
     return all(path.exists() for path in paths.values())
 
 
+def write_image(encoded: EncodedImage, output_dir: Path, group: Group, save: SaveSpec) -> tuple[str, str]:
+    """Write one image's encoded files; its status (``written``, ``skipped`` or ``failed``) and the error."""
+    if encoded.skipped:
+        return "skipped", ""
+    try:
+        write_encoded(encoded, output_dir, group, save)
+    except OSError as exc:
+        return "failed", exc.strerror or str(exc)
+    return "written", ""
+
+
 def write_encoded(encoded: EncodedImage, output_dir: Path, group: Group, save: SaveSpec) -> dict[str, Path]:
     """Write one image's encoded files (and thumbnails) atomically; returns the paths of its ``--save`` kinds.
     Raises OSError naming nothing: the caller reports it against the image."""

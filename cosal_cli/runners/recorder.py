@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from cosal_cli.io import Group, ImageFile, Problem, SaveSpec
+from cosal_cli.io import Discovery, Group, ImageFile, Problem, SaveSpec
 from cosal_cli.runners.group import GroupOutcome, internal_error_problems
 from cosal_cli.runners.outputs import output_path
 from cosal_cli.runners.summary import GroupReport, Reporter, Summary
@@ -21,6 +21,14 @@ class Recorder:
     def __init__(self, summary: Summary, reporter: Reporter, output_dir: Path, save: SaveSpec):
         self.summary, self.reporter, self.output_dir, self.save = summary, reporter, output_dir, save
         self._advanced: dict[int, float] = {}  # images of a group already counted on the progress bar
+
+    def start(self, discovery: Discovery) -> None:
+        """Discovery's problems and notices, and the timings every run reports (zero until measured)."""
+        for problem in discovery.problems:
+            self.fail_run(problem)
+        for message in discovery.notices:
+            self.notice(message)
+        self.summary.timings = {"weights_s": 0.0, "decode_s": 0.0, "compute_s": 0.0, "write_s": 0.0}
 
     def new_report(self, group: Group) -> GroupReport:
         return GroupReport(group.name, str(group.folder), str(self.output_dir / group.name),

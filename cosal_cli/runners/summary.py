@@ -52,6 +52,9 @@ class Summary:
     interrupted: bool = False
     terminated: bool = False  # the interruption was SIGTERM, not Ctrl-C
     internal_errors: int = 0  # groups in which cosal itself failed (a bug, not the input)
+    runner: str = "local"  # or "ray" (--runner)
+    workers: int = 1  # processes holding the method (Ray actors; 1 for the local runner)
+    retries: int = 0  # groups sent again after the worker processing them died (Ray)
 
     @property
     def images(self) -> int:
@@ -85,6 +88,9 @@ class Summary:
             "device": self.device,
             "backend": self.backend,
             "threads": self.threads,
+            "runner": self.runner,
+            "workers": self.workers,
+            "retries": self.retries,
             "output": self.output,
             "exit_code": int(self.exit_code),
             "interrupted": self.interrupted,
