@@ -117,13 +117,25 @@ def fake_method(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, FAKE_MODULE, module)
     monkeypatch.setitem(methods.CARDS, "test-brightness", MethodCard("test-brightness", "test", "test", FAKE_MODULE))
 
-    home = tmp_path / "home"
-    weights = tmp_path / "gain.safetensors"
+    home, manifest, stored = seed_gain_home(tmp_path, "test-brightness")
+    monkeypatch.setenv("COSAL_HOME", str(home))
+    monkeypatch.setenv("COSAL_MANIFEST", str(manifest))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("COSAL_OFFLINE", raising=False)
+    return stored
+
+
+def seed_gain_home(folder: Path, method: str) -> tuple[Path, Path, Path]:
+    """A COSAL_HOME under ``folder`` holding a gain-of-one weight file, and a manifest giving it to
+    ``method`` as its backbone: (home, manifest, the stored weight file)."""
+    home = folder / "home"
+    weights = folder / "gain.safetensors"
     save_file({"gain": torch.tensor(1.0)}, str(weights))
     digest = sha256_file(weights)
     (home / "weights").mkdir(parents=True)
-    (home / "weights" / f"{digest}.safetensors").write_bytes(weights.read_bytes())
-    manifest = tmp_path / "manifest.yaml"
+    stored = home / "weights" / f"{digest}.safetensors"
+    stored.write_bytes(weights.read_bytes())
+    manifest = folder / "manifest.yaml"
     manifest.write_text(
         f"""schema: 1
 components:
@@ -136,14 +148,20 @@ components:
     source:
       hf: {{repo_id: cosal/test, filename: gain.safetensors, revision: "{'0' * 40}", sha256: {digest}}}
 methods:
-  test-brightness: {{backbone: test-gain}}
+  {method}: {{backbone: test-gain}}
 """
     )
-    monkeypatch.setenv("COSAL_HOME", str(home))
-    monkeypatch.setenv("COSAL_MANIFEST", str(manifest))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("COSAL_OFFLINE", raising=False)
-    return home / "weights" / f"{digest}.safetensors"
+    return home, manifest, stored
+
+
+class SilentReporter:
+    """A runner's reporter that reports nothing (for runs whose summary is all a test reads)."""
+
+    def notice(self, message): ...
+    def problem(self, problem): ...
+    def advance(self, images): ...
+    def doing(self, text): ...
+    def group_done(self, report): ...
 
 
 # -- scoring maps written for the committed examples -------------------------------------------------

@@ -32,7 +32,7 @@ from typer.testing import CliRunner
 from cosal_cli import inference, io
 from cosal_cli.cli import app
 
-from .conftest import FAKE_MODULE, REPO, BrightnessMethod
+from .conftest import FAKE_MODULE, REPO, BrightnessMethod, SilentReporter
 from .test_io import png_chunk
 
 BAD_INPUTS = Path(__file__).parent / "data" / "bad_inputs"
@@ -311,14 +311,6 @@ def test_ctrl_c_while_a_group_is_written_finishes_it_then_exits_130(fake_method,
     # the group's maps were computed: all are written, whole, and counted
     assert summary["counts"]["written"] == 5 == len(list((tmp_path / "out" / "g").iterdir()))
     assert summary["groups"][0]["name"] == "g" and summary["groups"][0]["written"] == 5
-
-
-class SilentReporter:
-    def notice(self, message): ...
-    def problem(self, problem): ...
-    def advance(self, images): ...
-    def doing(self, text): ...
-    def group_done(self, report): ...
 
 
 def test_a_second_ctrl_c_stops_the_writer_after_its_image_and_counts_what_it_wrote(tmp_path):

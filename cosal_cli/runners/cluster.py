@@ -9,7 +9,7 @@ before they are sent), writes the files atomically and reports groups in input o
 local runner's.
 
 Faults: a worker process that dies (killed, out of memory) is restarted by Ray and its group is sent
-again, to whichever worker is free next, up to :data:`MAX_ATTEMPTS` times; the summary counts the
+again, to whichever worker is free next, up to :data:`MAX_SENDS` times; the summary counts the
 retries. Only the driver writes (unless ``--write-on-workers``), and only whole results, so a map is
 never lost, written twice or half-written. Ctrl-C kills the actors and reports the group at the head
 of the line, as the local runner reports the group it was computing.
@@ -37,17 +37,17 @@ from cosal_cli.refine import check_refiners
 from cosal_cli.runners.group import internal_error_problems
 from cosal_cli.runners.outputs import (
     MAPS_ONLY,
-    check_existing,
-    check_output_location,
+    check_outputs,
     finished_images,
-    is_pending,
+    pending_groups,
     write_image,
 )
 from cosal_cli.runners.recorder import Recorder
 from cosal_cli.runners.summary import Reporter, Summary
 from cosal_cli.runners.worker import GroupResult, GroupTask, GroupWorker, WorkerInfo, WorkerSpec
 
-MAX_ATTEMPTS = 3  # a group whose worker died this many times fails (it is likely what kills them)
+MAX_SENDS = 6  # a group whose worker died (or was restarting) this many times fails: it may be what kills them
+RESTART_WAIT_S = 0.5  # how long a worker found restarting is left alone
 IN_FLIGHT_PER_WORKER = 3  # groups sent, or done and waiting to be written, per worker: bounds memory here
 QUEUED_PER_WORKER = 2  # groups an actor holds at once, in two threads: one computing, one decoding or encoding
 
@@ -94,13 +94,12 @@ def run(
     refiner_names = methods.refiners_for(method_name, refine)
     check_refiners(refiner_names)
     _check_cluster_options(cluster, device_spec, threads)
-    check_output_location(discovery, output_dir)
-    check_existing(discovery, output_dir, existing, save)
+    check_outputs(discovery, output_dir, existing, save)
     summary = Summary(method=method_name, device="", output=str(output_dir), refiners=refiner_names,
                       backend=backend, threads=threads or 1, runner="ray", workers=cluster.workers)  # fmt: skip
     recorder = Recorder(summary, reporter, output_dir, save)
     recorder.start(discovery)
-    pending = [group for group in discovery.groups if is_pending(group, output_dir, existing, save)]
+    pending = pending_groups(discovery, output_dir, existing, save)
     spec = WorkerSpec(method_name, device_spec, batch_size, offline, options, tuple(refiner_names), backend,
                       threads or 1)  # fmt: skip
     tick = time.perf_counter()
@@ -236,7 +235,8 @@ class _Dispatcher:
         self.waiting: deque[GroupTask] = deque()
         self.running: dict[Any, tuple[GroupTask, Any]] = {}  # object ref -> (task, actor)
         self.results: dict[int, GroupResult] = {}
-        self.attempts: dict[int, int] = {}
+        self.attempts: dict[int, int] = {}  # group -> times its worker died or was restarting
+        self.resting: dict[int, float] = {}  # actor -> when it may take work again (it was restarting)
         self._introduce(ray.get([actor.describe.remote() for actor in self.actors]))
 
     def _fitting_workers(self, spec: WorkerSpec) -> int:
@@ -282,8 +282,12 @@ class _Dispatcher:
         index = self._order[id(group)]
         while index not in self.results:
             self._send()
-            done, _ = self.ray.wait(list(self.running), num_returns=1)
-            self._collect(done[0])
+            if not self.running:  # every worker is restarting: give them a moment
+                time.sleep(RESTART_WAIT_S)
+                continue
+            done, _ = self.ray.wait(list(self.running), num_returns=1, timeout=RESTART_WAIT_S)
+            for ref in done:
+                self._collect(ref)
         return self.results.pop(index)
 
     def _send(self) -> None:
@@ -291,8 +295,10 @@ class _Dispatcher:
         process), within the bound on results held here."""
         limit = IN_FLIGHT_PER_WORKER * len(self.actors)
         while self.waiting and len(self.running) + len(self.results) < limit:
-            actor = min(self.actors, key=lambda candidate: self.load[id(candidate)])
-            if self.load[id(actor)] >= QUEUED_PER_WORKER:
+            now = time.monotonic()
+            ready = [actor for actor in self.actors if self.resting.get(id(actor), 0.0) <= now]
+            actor = min(ready, key=lambda candidate: self.load[id(candidate)], default=None)
+            if actor is None or self.load[id(actor)] >= QUEUED_PER_WORKER:
                 return
             task = self.waiting.popleft()
             self.load[id(actor)] += 1
@@ -303,7 +309,8 @@ class _Dispatcher:
         self.load[id(actor)] -= 1  # a dead actor is restarted by Ray: it takes work again when it is back
         try:
             self.results[task.index] = self.ray.get(ref)
-        except self.ray.exceptions.RayActorError as exc:  # the worker process died with the group
+        except self.ray.exceptions.RayActorError as exc:  # the worker died with the group, or was restarting
+            self.resting[id(actor)] = time.monotonic() + RESTART_WAIT_S
             self._retry(task, exc)
         except self.ray.exceptions.RayTaskError as exc:  # a bug the worker's own guard missed: exit 5
             failures = internal_error_problems(task.group, exc, [image.path for image in task.group.images])
@@ -311,15 +318,17 @@ class _Dispatcher:
         self._send()  # refill before the driver spends time writing this result
 
     def _retry(self, task: GroupTask, exc: Exception) -> None:
-        attempts = self.attempts[task.index] = self.attempts.get(task.index, 0) + 1
+        """Send a group again after its worker died with it or was restarting (Ray cannot tell which:
+        "the task may or may not have been executed"), up to MAX_SENDS times."""
+        sends = self.attempts[task.index] = self.attempts.get(task.index, 0) + 1
         reason = errors.first_line(exc)
-        if attempts < MAX_ATTEMPTS:
+        if sends < MAX_SENDS:
             self.recorder.summary.retries += 1
-            self.recorder.notice(f"{task.group.name}: a worker died processing it ({reason}); sent again")
+            self.recorder.notice(f"{task.group.name}: its worker died or was restarting ({reason}); sent again")
             self.waiting.appendleft(task)
             return
-        message = (f"a worker died {attempts} times processing group {task.group.name} ({reason}); it may be "
-                   "what kills them: lower --batch-size, or run the group alone")  # fmt: skip
+        message = (f"a worker died or was restarting each of the {sends} times group {task.group.name} was sent "
+                   f"(last: {reason}); it may be what kills them: lower --batch-size, or run the group alone")
         failures = [Problem(image.path, message, task.group.name) for image in task.group.images]
         self.results[task.index] = GroupResult(task.index, "", failures=failures)
 

@@ -27,10 +27,9 @@ from cosal_cli.refine import check_refiners, load_refiner
 from cosal_cli.runners.group import GroupOutcome, encode_image, process_group
 from cosal_cli.runners.outputs import (
     MAPS_ONLY,
-    check_existing,
-    check_output_location,
+    check_outputs,
     finished_images,
-    is_pending,
+    pending_groups,
     write_image,
 )
 from cosal_cli.runners.recorder import Recorder
@@ -66,13 +65,12 @@ def run(
     device = resolve_device(device_spec)
     threads_in_use = use_threads(threads)
     refiners = [load_refiner(name, str(device)) for name in refiner_names]
-    check_output_location(discovery, output_dir)
-    check_existing(discovery, output_dir, existing, save)
+    check_outputs(discovery, output_dir, existing, save)
     summary = Summary(method=method_name, device=str(device), output=str(output_dir), refiners=refiner_names,
                       backend=backend, threads=threads_in_use)  # fmt: skip
     recorder = Recorder(summary, reporter, output_dir, save)
     recorder.start(discovery)
-    pending = [group for group in discovery.groups if is_pending(group, output_dir, existing, save)]
+    pending = pending_groups(discovery, output_dir, existing, save)
     method = None
     if pending:  # weights are only needed (and fetched) when there is work
         tick = time.perf_counter()

@@ -24,6 +24,17 @@ def output_path(output_dir: Path, group: Group, image: ImageFile) -> Path:
     return output_dir / group.name / image.output_name
 
 
+def check_outputs(discovery: Discovery, output_dir: Path, policy: str, save: SaveSpec = MAPS_ONLY) -> None:
+    """Every check of the output folder a run makes before any work (see the two below)."""
+    check_output_location(discovery, output_dir)
+    check_existing(discovery, output_dir, policy, save)
+
+
+def pending_groups(discovery: Discovery, output_dir: Path, existing: str, save: SaveSpec) -> list[Group]:
+    """The groups with work to do, in input order."""
+    return [group for group in discovery.groups if is_pending(group, output_dir, existing, save)]
+
+
 def check_existing(discovery: Discovery, output_dir: Path, policy: str, save: SaveSpec = MAPS_ONLY) -> None:
     """With the default policy, refuse to run over existing outputs before any work is done."""
     if policy not in EXISTING_POLICIES:
