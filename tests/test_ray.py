@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -48,7 +49,8 @@ def ray_cluster():
     """A head node and a second node joining it, one CPU each: ``host:port`` of the head."""
     port = free_port()
     address = f"127.0.0.1:{port}"
-    temp = CLUSTER_TEMP[address] = Path(f"/tmp/cosal-ray-{os.getpid()}")  # short: Ray's sockets live under it
+    # short (Ray's sockets live under it), and unique, as it identifies the cluster's processes
+    temp = CLUSTER_TEMP[address] = Path(f"/tmp/cosal-ray-{os.getpid()}-{secrets.token_hex(3)}")
     environment = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
     common = ["--num-cpus", "1", "--disable-usage-stats"]
     head = [str(RAY), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
@@ -80,7 +82,8 @@ def cluster_processes(temp: Path) -> dict[int, str]:
     listing = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True)
     table = {int(row[0]): (int(row[1]), row[2] if len(row) == 3 else "")
              for row in (line.split(None, 2) for line in listing.stdout.splitlines())}  # fmt: skip
-    found = {pid for pid, (_, args) in table.items() if str(temp) in args}
+    naming = re.compile(re.escape(str(temp)) + r"(/|\s|$)")  # not a longer name it is the start of
+    found = {pid for pid, (_, args) in table.items() if naming.search(args)}
     grown = True
     while grown:
         children = {pid for pid, (parent, _) in table.items() if parent in found}
