@@ -296,3 +296,12 @@ def test_runner_ray_without_the_extra_is_a_usage_error_naming_it(monkeypatch, tm
 def test_the_summary_json_names_the_runner_for_local_runs_too():
     data = Summary("m", "cpu", "out").to_json()
     assert data["runner"] == "local" and data["workers"] == 1 and data["retries"] == 0
+
+
+def test_cuda_without_gpus_per_worker_and_gpus_the_cluster_lacks_are_usage_errors(ray_cluster, tmp_path):
+    base = ["detect", str(EXAMPLES / "Image"), "-o", str(tmp_path / "o"), "--runner", "ray", "--json"]
+    result = CliRunner().invoke(app, [*base, "--device", "cuda"])
+    assert result.exit_code == 2 and "--gpus-per-worker above 0" in json.loads(result.stdout)["error"]
+    result = CliRunner().invoke(app, [*base, "--ray-address", ray_cluster, "--gpus-per-worker", "1", "--offline"])
+    message = json.loads(result.stdout)["error"]
+    assert result.exit_code == 2 and "0 GPU(s): not enough for one worker" in message, message

@@ -237,7 +237,11 @@ class _Dispatcher:
         self.results: dict[int, GroupResult] = {}
         self.attempts: dict[int, int] = {}  # group -> times its worker died or was restarting
         self.resting: dict[int, float] = {}  # actor -> when it may take work again (it was restarting)
-        self._introduce(ray.get([actor.describe.remote() for actor in self.actors]))
+        try:
+            self._introduce(ray.get([actor.describe.remote() for actor in self.actors]))
+        except BaseException:  # a loading error (or Ctrl-C) before any group: no actor left behind
+            self.stop()
+            raise
 
     def _fitting_workers(self, spec: WorkerSpec) -> int:
         """As many workers as asked for and the cluster can hold now (an actor that cannot be placed would

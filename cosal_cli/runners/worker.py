@@ -94,7 +94,7 @@ class GroupWorker:
         # as the local runner overlaps them; the computation itself runs one group at a time.
         self._computing = threading.Lock()
         self.error: tuple[str, str] | None = None
-        self.method = None
+        self.method, self.threads = None, 0
         try:  # a whole-run problem (weights missing, a bad option) goes back to the driver, which raises it
             self.threads = use_threads(spec.threads)
             device = resolve_device(spec.device)
@@ -108,10 +108,7 @@ class GroupWorker:
         method = self.method
         device = str(method.device) if method is not None else ""
         notices = tuple(method.notices) if method is not None else ()
-        return WorkerInfo(self.name, device, getattr(self, "threads", 0), notices, self.error)
-
-    def pid(self) -> int:
-        return os.getpid()
+        return WorkerInfo(self.name, device, self.threads, notices, self.error)
 
     def process(self, task: GroupTask) -> GroupResult:
         result = GroupResult(task.index, self.name)
