@@ -26,7 +26,7 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import REPO, make_groups  # noqa: E402
+from throughput import REPO, make_groups, photos_in  # noqa: E402
 
 STAGES = ("decode_s", "compute_s", "write_s", "run_s", "decode_wait_s", "write_wait_s")
 
@@ -60,7 +60,7 @@ def main() -> None:
         args.rounds, args.size = 1, "640x480"
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     width, height = (int(part) for part in args.size.split("x"))
-    photos = sorted(p for p in (REPO / "examples" / "Image").rglob("*") if p.suffix.lower() in (".jpg", ".png"))
+    photos = photos_in()
     sizes = [3, 3] if args.quick else [20, 20]
     with tempfile.TemporaryDirectory() as tmp:
         sets = {"examples": make_groups(Path(tmp) / "small", photos, sizes),

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
@@ -27,17 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def make_groups(folder: Path, groups: int, images: int) -> Path:
-    photos = sorted(p for p in (REPO / "examples" / "Image").rglob("*") if p.suffix.lower() in (".jpg", ".png"))
-    for group in range(groups):
-        (folder / f"g{group:03d}").mkdir(parents=True)
-        for index in range(images):
-            photo = photos[(group * images + index) % len(photos)]
-            shutil.copy(photo, folder / f"g{group:03d}" / f"{index:03d}{photo.suffix}")
-    return folder
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import REPO, make_groups, photos_in  # noqa: E402
 
 
 def detect(inputs: Path, out: Path, method: str, extra: list[str]) -> dict:
@@ -72,7 +62,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {label: [] for label in settings}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            inputs = make_groups(Path(tmp) / "in", args.groups, args.images)
+            inputs = make_groups(Path(tmp) / "in", photos_in(), [args.images] * args.groups)
             detect(inputs, Path(tmp) / "out", args.method, settings["local, 1 thread"])  # warm-up: the disk cache
             for _ in range(args.rounds):
                 for label, extra in settings.items():

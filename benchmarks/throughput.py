@@ -36,6 +36,11 @@ BACKBONE = {"gicd": "efficientnet-lite0"}  # every other method runs on vgg16-im
 BATCH = 8
 
 
+def photos_in(source: Path = REPO / "examples" / "Image") -> list[Path]:
+    """The JPEG and PNG photos under ``source`` (default: the committed examples), sorted."""
+    return sorted(p for p in source.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+
+
 def make_groups(folder: Path, photos: list[Path], sizes: list[int]) -> Path:
     """``folder/gNN/`` group folders of the given sizes, photos repeated in order."""
     taken = 0
@@ -129,7 +134,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as cosal sets it for its own processes
     source = args.photos or REPO / "examples" / "Image"
-    photos = sorted(p for p in source.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    photos = photos_in(source)
     device = torch.device(args.device)
     bounds = {name: backbone_rate(name, device, args.threads)
               for name in dict.fromkeys(BACKBONE.get(method, "vgg16") for method in args.methods)}  # fmt: skip

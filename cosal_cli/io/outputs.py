@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from cosal_cli.errors import UsageError
-from cosal_cli.io.writing import PNG_LEVEL, write_bytes
+from cosal_cli.io.writing import PNG_LEVEL
 
 KINDS = ("map", "mask", "cutout", "overlay")
 SUFFIXES = {"map": ".png", "mask": ".mask.png", "cutout": ".cutout.png", "overlay": ".overlay.jpg"}
@@ -99,17 +99,10 @@ class SaveSpec:
     def paths(self, map_path: Path) -> dict[str, Path]:
         return {kind: map_path.with_name(derived_name(map_path.name, kind)) for kind in self.kinds}
 
-    def write(self, values: np.ndarray, photo: np.ndarray | None, map_path: Path) -> dict[str, Path]:
-        """Write every kind atomically for one image: ``values`` its (H, W) uint8 map, ``photo`` its
-        (H, W, 3) uint8 pixels at full size (needed for cut-outs and overlays). Returns the paths."""
-        paths = self.paths(map_path)
-        for kind, data in self.encode(values, photo).items():
-            write_bytes(data, paths[kind])
-        return paths
-
     def encode(self, values: np.ndarray, photo: np.ndarray | None) -> dict[str, bytes]:
-        """Every kind of one image, encoded in memory (kind -> file bytes): the CPU part of writing, which
-        a runner can do away from where the files are written."""
+        """Every kind of one image, encoded in memory (kind -> file bytes; :meth:`paths` says where each
+        goes): ``values`` its (H, W) uint8 map, ``photo`` its (H, W, 3) uint8 pixels at full size (needed
+        for cut-outs and overlays). The CPU part of writing, which a runner can do away from the disk."""
         return {kind: encoded(*self.render(kind, values, photo)) for kind in self.kinds}
 
     def render(self, kind: str, values: np.ndarray, photo: np.ndarray | None) -> tuple[Image.Image, dict]:

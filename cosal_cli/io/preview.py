@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from cosal_cli.io.outputs import Threshold, encoded, overlay
-from cosal_cli.io.writing import atomic_output, write_bytes
+from cosal_cli.io.writing import atomic_output
 
 PAGE = "index.html"
 THUMBNAILS = "index_files"  # like a browser's "save page as": the page's files beside it
@@ -39,13 +39,6 @@ def thumbnail_paths(output_dir: Path, group: str, map_name: str) -> dict[str, Pa
     folder = output_dir / THUMBNAILS / group
     return {"photo": folder / f"{stem}.photo.jpg", "map": folder / f"{stem}.map.png",
             "overlay": folder / f"{stem}.overlay.jpg"}  # fmt: skip
-
-
-def write_thumbnails(output_dir: Path, group: str, map_name: str, photo: np.ndarray, values: np.ndarray) -> None:
-    """The photo, the map and an overlay of one image, at most THUMBNAIL_SIDE pixels a side."""
-    paths = thumbnail_paths(output_dir, group, map_name)
-    for kind, data in encode_thumbnails(photo, values).items():
-        write_bytes(data, paths[kind])
 
 
 def encode_thumbnails(photo: np.ndarray, values: np.ndarray) -> dict[str, bytes]:

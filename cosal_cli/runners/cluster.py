@@ -167,10 +167,11 @@ def _written(result: GroupResult, group: Group, recorder: Recorder) -> tuple[lis
     if not result.encoded:
         return result.written, None
     tick, statuses, interrupted = time.perf_counter(), [], None
-    for position, encoded in enumerate(result.encoded):
-        while len(statuses) == position:
+    for encoded in result.encoded:
+        while True:
             try:
                 statuses.append((encoded.image, *write_image(encoded, recorder.output_dir, group, recorder.save)))
+                break
             except KeyboardInterrupt as exc:  # that file may not be written (atomic): write it again
                 interrupted = interrupted or exc
     timings = recorder.summary.timings
@@ -231,12 +232,14 @@ class _Dispatcher:
                                                 max_restarts=-1, max_task_retries=0,
                                                 max_concurrency=QUEUED_PER_WORKER)  # fmt: skip
         self.actors = [actor.remote(spec) for _ in range(workers)]
+        recorder.summary.workers = workers
         self.load = {id(actor): 0 for actor in self.actors}  # groups sent to each actor and not yet back
         self.waiting: deque[GroupTask] = deque()
         self.running: dict[Any, tuple[GroupTask, Any]] = {}  # object ref -> (task, actor)
         self.results: dict[int, GroupResult] = {}
         self.attempts: dict[int, int] = {}  # group -> times its worker died or was restarting
         self.resting: dict[int, float] = {}  # actor -> when it may take work again (it was restarting)
+        self.position: dict[int, int] = {}  # group (by id) -> its index in the queue
         try:
             self._introduce(ray.get([actor.describe.remote() for actor in self.actors]))
         except BaseException:  # a loading error (or Ctrl-C) before any group: no actor left behind
@@ -258,8 +261,7 @@ class _Dispatcher:
             gpus = f" and {self.cluster.gpus_per_worker:g} GPU(s)" if self.cluster.gpus_per_worker else ""
             self.recorder.notice(f"the Ray cluster holds {fit} worker(s) of {spec.threads} CPU(s){gpus} now, not "
                                  f"{self.cluster.workers}: running {fit}")  # fmt: skip
-        self.recorder.summary.workers = min(fit, self.cluster.workers)
-        return self.recorder.summary.workers
+        return min(fit, self.cluster.workers)
 
     def _introduce(self, infos: list[WorkerInfo]) -> None:
         """Raise a worker's loading error here, as the local runner would; note what the workers run on."""
@@ -279,11 +281,11 @@ class _Dispatcher:
         for index, group in enumerate(groups):
             skip = frozenset(finished_images(group, recorder.output_dir, self.existing, recorder.save))
             self.waiting.append(GroupTask(index, group, recorder.save, skip, self.preview, write_to))
-        self._order = {id(task.group): task.index for task in self.waiting}
+            self.position[id(group)] = index
 
     def result_for(self, group: Group) -> GroupResult:
         """Wait for ``group``'s result, keeping the workers busy meanwhile."""
-        index = self._order[id(group)]
+        index = self.position[id(group)]
         while index not in self.results:
             self._send()
             if not self.running:  # every worker is restarting: give them a moment

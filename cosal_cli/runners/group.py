@@ -13,9 +13,9 @@ reported as an internal error (exit 5) with its traceback.
 
 from __future__ import annotations
 
-import time
 import traceback
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import torch
@@ -69,15 +69,31 @@ class EncodedImage:
     files: dict[str, bytes] = field(default_factory=dict)
     thumbnails: dict[str, bytes] = field(default_factory=dict)
     skipped: bool = False
-    seconds: float = 0.0  # bringing the map to size, refining it and encoding its files
 
 
-def encode_outputs(outcome: GroupOutcome, save: SaveSpec, preview: bool = False,
-                   skip: Collection[str] = ()) -> Iterator[EncodedImage]:  # fmt: skip
-    """The encoded files of each image of a predicted group, in order, one image at a time (a group's
-    full-size maps need not fit in memory together). See :func:`encode_image`."""
-    for index in range(len(outcome.decoded.images)):
-        yield encode_image(outcome, index, save, preview, skip)
+def keeps_photos(refiners: Sequence[Refiner], save: SaveSpec, preview: bool) -> bool:
+    """Whether a group's full-size pixels must be kept after decoding: for refiners, cut-outs, overlays
+    and the preview's thumbnails."""
+    return bool(refiners) or save.needs_photo or preview
+
+
+def encode_outputs(outcome: GroupOutcome, save: SaveSpec, preview: bool = False, skip: Collection[str] = (),
+                   pool: Executor | None = None, stopped: Callable[[], bool] = lambda: False,
+                   ) -> Iterator[EncodedImage]:  # fmt: skip
+    """The encoded files of each image of a predicted group, in order (see :func:`encode_image`).
+
+    With ``pool``, images are encoded in its threads (torch, Pillow and zlib release the GIL). Once
+    ``stopped()`` is true no further image is begun, and the iteration ends after those already begun.
+    """
+
+    def one(index: int) -> EncodedImage | None:
+        return None if stopped() else encode_image(outcome, index, save, preview, skip)
+
+    indices = range(len(outcome.decoded.images))
+    for encoded in pool.map(one, indices) if pool is not None else map(one, indices):
+        if encoded is None:  # stopped: the images after this one were not begun either (FIFO)
+            return
+        yield encoded
 
 
 def encode_image(outcome: GroupOutcome, index: int, save: SaveSpec, preview: bool = False,
@@ -87,13 +103,11 @@ def encode_image(outcome: GroupOutcome, index: int, save: SaveSpec, preview: boo
     image = outcome.decoded.images[index]
     if image.output_name in skip:
         return EncodedImage(image, skipped=True)
-    tick = time.perf_counter()
     photo = outcome.decoded.originals[index] if save.needs_photo or preview else None
     values = outcome.maps.eight_bit(index)
     encoded = EncodedImage(image, save.encode(values, photo))
     if preview:
         encoded.thumbnails = encode_thumbnails(photo, values)
-    encoded.seconds = time.perf_counter() - tick
     return encoded
 
 

@@ -24,7 +24,7 @@ from cosal_cli.io import Discovery, Group, ImageFile, SaveSpec
 from cosal_cli.methods.loader import load_method, resolve_device, use_threads
 from cosal_cli.methods.options import MethodOptions
 from cosal_cli.refine import check_refiners, load_refiner
-from cosal_cli.runners.group import GroupOutcome, encode_image, process_group
+from cosal_cli.runners.group import GroupOutcome, encode_outputs, keeps_photos, process_group
 from cosal_cli.runners.outputs import (
     MAPS_ONLY,
     check_outputs,
@@ -92,7 +92,7 @@ def run(
 #: Threads decoding (and resizing) a group's images, ahead of the computation. Two keep the first group's
 #: decoding short where nothing overlaps it yet; more would compete with the computation's threads.
 DECODE_THREADS = 2
-#: Threads bringing maps to size and encoding and writing their files, behind the computation: the last
+#: Threads bringing maps to size and encoding their files, behind the computation: the last
 #: group's writing overlaps nothing, and on large photos it takes as long as a fast method's computation.
 WRITE_THREADS = 2
 
@@ -134,8 +134,7 @@ class _Run:
     def groups(self, groups: list[Group], pending: list[Group]) -> None:
         """Decoding and writing run in worker threads (Pillow, zlib and torch release the GIL)."""
         queue, pending_ids = iter(pending), {id(group) for group in pending}
-        # full-size pixels for refiners, cut-outs, overlays and the preview's thumbnails
-        keep = bool(self.refiners) or self.save.needs_photo or self.preview
+        keep = keeps_photos(self.refiners, self.save, self.preview)
         with (
             ThreadPoolExecutor(1, "cosal-decode") as decoder,
             ThreadPoolExecutor(DECODE_THREADS, "cosal-decode-image") as images,
@@ -215,21 +214,15 @@ class _Run:
         return outcome
 
     def _encode_and_write(self, outcome: GroupOutcome, skip: Collection[str]) -> _Written:
-        """In the writer thread: each image's files encoded and written (by the image writers, in order),
+        """In the writer thread: each image's files encoded (by the image writers, in order) and written,
         until done or told to stop. Touches no summary or reporter (those belong to the main thread)."""
         written = _Written([], None, 0.0)
         tick = time.perf_counter()
-
-        def one(index: int) -> tuple[ImageFile, str, str] | None:
-            if self._stop.is_set():
-                return None
-            encoded = encode_image(outcome, index, self.save, self.preview, skip)
-            return (encoded.image, *write_image(encoded, self.output_dir, outcome.group, self.save))
-
         try:
-            for result in self._image_writers.map(one, range(len(outcome.decoded.images))):
-                if result is not None:
-                    written.results.append(result)
+            for encoded in encode_outputs(outcome, self.save, self.preview, skip, self._image_writers,
+                                          self._stop.is_set):  # fmt: skip
+                written.results.append((encoded.image, *write_image(encoded, self.output_dir, outcome.group,
+                                                                    self.save)))  # fmt: skip
         except Exception as exc:  # a bug while encoding (a refiner, say): the rest of the group fails
             written.error = exc
         written.seconds = time.perf_counter() - tick

@@ -54,7 +54,7 @@ class Summary:
     internal_errors: int = 0  # groups in which cosal itself failed (a bug, not the input)
     runner: str = "local"  # or "ray" (--runner)
     workers: int = 1  # processes holding the method (Ray actors; 1 for the local runner)
-    retries: int = 0  # groups sent again after the worker processing them died (Ray)
+    retries: int = 0  # groups sent again because their worker died or was restarting (Ray)
 
     @property
     def images(self) -> int:

@@ -28,7 +28,13 @@ from cosal_cli.io import Group, ImageFile, Problem, SaveSpec
 from cosal_cli.methods.loader import load_method, resolve_device, use_threads
 from cosal_cli.methods.options import MethodOptions
 from cosal_cli.refine import load_refiner
-from cosal_cli.runners.group import EncodedImage, encode_image, internal_error_problems, process_group
+from cosal_cli.runners.group import (
+    EncodedImage,
+    encode_outputs,
+    internal_error_problems,
+    keeps_photos,
+    process_group,
+)
 from cosal_cli.runners.outputs import write_image
 
 DECODE_THREADS = 2  # as the local runner: Pillow and zlib release the GIL
@@ -129,7 +135,7 @@ class GroupWorker:
         return result
 
     def _process(self, task: GroupTask, result: GroupResult) -> None:
-        keep = bool(self.refiners) or task.save.needs_photo or task.preview
+        keep = keeps_photos(self.refiners, task.save, task.preview)
         with ThreadPoolExecutor(DECODE_THREADS, "cosal-decode-image") as pool:
             decoded = decode_group(task.group, self.method.input_size, keep, pool)
         with self._computing:
@@ -139,12 +145,8 @@ class GroupWorker:
         if outcome.maps is None:
             return
         tick = time.perf_counter()
-
-        def encoded_image(index: int) -> EncodedImage:
-            return encode_image(outcome, index, task.save, task.preview, task.skip)
-
         with ThreadPoolExecutor(ENCODE_THREADS, "cosal-encode-image") as pool:  # as the local runner's writers
-            for encoded in pool.map(encoded_image, range(len(outcome.decoded.images))):
+            for encoded in encode_outputs(outcome, task.save, task.preview, task.skip, pool):
                 if task.write_to is None:
                     result.encoded.append(encoded)
                 else:
