@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # One GPU check, under 8 minutes, run as-is from the repository root on a machine with a CUDA device:
 #   1. the test suite's CUDA tests (pytest -m cuda: CUDA against CPU maps, the CRF on CUDA),
-#   2. benchmarks/throughput.py --device cuda for the methods whose weights are in COSAL_HOME,
-#   3. benchmarks/crf_speed.py --cuda.
+#   2. benchmarks/throughput.py --device cuda for the methods whose weights are in COSAL_HOME, in fp32
+#      and bf16 (one round),
+#   3. gicd on 224 px JPEGs, the issue's 1,000 images/s figure: fp32 and bf16, decoded by Pillow and by
+#      nvJPEG (--gpu-decode), batch size 50,
+#   4. benchmarks/crf_speed.py --cuda.
 # Everything goes to one result file (first argument, default gpu_check.txt; $OUT/gpu_check.txt when
 # OUT is set). cosal is run from this checkout (PYTHONPATH), so only its dependencies must be
 # installed; the weights come from COSAL_HOME (default .gpu-cache/, which `cosal weights pull` fills
@@ -35,7 +38,7 @@ fi
 "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" \
     >> "$result" 2>&1
 
-step "CUDA tests" 180 "$python" -m pytest -q -m cuda -p no:cacheprovider tests
+step "CUDA tests" 120 "$python" -m pytest -q -m cuda -p no:cacheprovider tests
 methods=$("$python" - <<'EOF'
 from cosal_cli.hub import WeightHub
 hub = WeightHub()
@@ -46,13 +49,19 @@ EOF
 )
 if [ -n "$methods" ]; then
     # shellcheck disable=SC2086 (one word per method)
-    step "throughput on CUDA" 240 "$python" benchmarks/throughput.py --device cuda --rounds 2 --methods $methods
+    step "throughput on CUDA" 180 "$python" benchmarks/throughput.py --device cuda --rounds 1 --methods $methods \
+        --precision fp32 bf16
+    case " $methods " in
+        *" gicd "*)
+            step "gicd at 224 px on CUDA" 120 "$python" benchmarks/throughput.py --device cuda --rounds 2 \
+                --methods gicd --precision fp32 bf16 --decode pillow gpu --resize 224 --batch-size 50 --threads 4 ;;
+    esac
 else
     echo "no method's weights in $COSAL_HOME: throughput skipped (cosal weights pull gicd, then copy the cache)" \
         | tee -a "$result"
 fi
 if [ -f benchmarks/crf_speed.py ]; then
-    step "dense CRF on CUDA" 60 "$python" benchmarks/crf_speed.py --cuda --rounds 3
+    step "dense CRF on CUDA" 45 "$python" benchmarks/crf_speed.py --cuda --rounds 3
 fi
 echo "result: $result"
 exit "$failed"

@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("-m", "--method", action="append", required=True)
     parser.add_argument("--sets", default="plain,composites,outsiders", help="which sets to score")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", default="fp32", help="fp32 or bf16 (cosal's --precision)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -103,7 +104,8 @@ def main() -> None:
         named, *refiners = method.split("+")  # "gicd+crf": gicd, then --refine crf
         base, *settings = named.split(",")  # "csmg,smoothing=off": csmg with --smoothing off
         options = {key.replace("-", "_"): value for key, value in (setting.split("=", 1) for setting in settings)}
-        detector = cosal_cli.load(base, device="cpu", offline=True, refine=refiners, **options)
+        detector = cosal_cli.load(base, device="cpu", offline=True, refine=refiners, precision=args.precision,
+                                  **options)  # fmt: skip
         for name, (groups, outsiders) in sets.items():
             if name not in wanted:
                 continue

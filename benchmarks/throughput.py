@@ -1,7 +1,8 @@
 """End-to-end throughput of every method against its backbone's bound, side by side in one run.
 
     python benchmarks/throughput.py [--methods gicd sod ...] [--threads 2] [--device cpu] [--rounds 2]
-                                    [--photos DIR] [--backend torch]
+                                    [--photos DIR] [--backend torch] [--precision fp32 bf16]
+                                    [--decode pillow gpu] [--resize 224]
 
 For each method: `cosal detect --json` (fresh process, decode + compute + PNG writing, weights loading
 and verification included) on two groups of 20 photos and on one group of 100, after a warm-up run
@@ -10,6 +11,10 @@ images/s of each. Beside it, measured in this process with the same threads: the
 alone (VGG-16 conv layers or EfficientNet-Lite0 with its head, batch 8, 224 px, random input), the
 faster of torch (channels-last) and onnxruntime. The ratio says how close a method is to one backbone
 pass per image. Photos: the committed examples (288 x 288) repeated, or the images of --photos.
+With ``--precision fp32 bf16`` each method also runs with `--precision bf16` in the same rounds, and its
+bound is the backbone's forward under bfloat16 autocast (torch only). ``--decode pillow gpu`` adds
+`--gpu-decode` runs (JPEGs decoded by nvJPEG; CUDA only), and ``--resize N`` re-encodes the photos as
+N x N JPEGs first (the GPU target is stated for 224 px photos).
 
 On a GPU (``--device cuda``) the backbone is timed with CUDA synchronisation after a warm-up; the
 end-to-end figures come from `cosal detect --device cuda`.
@@ -41,6 +46,20 @@ def photos_in(source: Path = REPO / "examples" / "Image") -> list[Path]:
     return sorted(p for p in source.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
 
 
+def resized_photos(photos: list[Path], folder: Path, size: int) -> list[Path]:
+    """The photos re-encoded as ``size`` x ``size`` JPEGs (quality 90) in ``folder``."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    resized = []
+    for index, photo in enumerate(photos):
+        with Image.open(photo) as image:
+            target = folder / f"{index:04d}.jpg"
+            image.convert("RGB").resize((size, size), Image.BILINEAR).save(target, quality=90)
+        resized.append(target)
+    return resized
+
+
 def make_groups(folder: Path, photos: list[Path], sizes: list[int]) -> Path:
     """``folder/gNN/`` group folders of the given sizes, photos repeated in order."""
     taken = 0
@@ -54,21 +73,25 @@ def make_groups(folder: Path, photos: list[Path], sizes: list[int]) -> Path:
     return folder
 
 
-def detect_rate(images: Path, out: Path, method: str, args: argparse.Namespace) -> float:
+def detect_rate(images: Path, out: Path, run: tuple[str, str, str], args: argparse.Namespace) -> float:
+    method, precision, decode = run
     command = [sys.executable, "-m", "cosal_cli", "detect", str(images), "-o", str(out), "-m", method, "--device",
                args.device, "--backend", args.backend, "--threads", str(args.threads), "--offline", "--json",
-               "--quiet", "--overwrite"]  # fmt: skip
+               "--quiet", "--overwrite", "--precision", precision, "--batch-size", str(args.batch_size)]  # fmt: skip
+    command += ["--gpu-decode"] if decode == "gpu" else []
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout)["images_per_second"]
 
 
-def backbone_rate(name: str, device: torch.device, threads: int) -> float:
-    """Images/s of the backbone's forward alone: the faster of torch (channels-last) and onnxruntime (CPU)."""
+def backbone_rate(name: str, device: torch.device, threads: int, precision: str = "fp32") -> float:
+    """Images/s of the backbone's forward alone: the faster of torch (channels-last) and onnxruntime (CPU);
+    in bf16, torch under bfloat16 autocast."""
     module = _backbone(name).to(device, memory_format=torch.channels_last).eval()
     images = torch.rand(BATCH, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    with torch.inference_mode(), autocast:
         rates = [BATCH / _median_seconds(lambda: module(images), device)]
-    if device.type == "cpu":
+    if device.type == "cpu" and precision == "fp32":
         rates.append(_onnxruntime_rate(module, images, threads))
     return max(rates)
 
@@ -128,6 +151,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    parser.add_argument("--decode", nargs="+", default=["pillow"], choices=["pillow", "gpu"])
+    parser.add_argument("--resize", type=int, help="re-encode the photos as N x N JPEGs first")
+    parser.add_argument("--batch-size", type=int, default=8, help="cosal detect's --batch-size")
     parser.add_argument("--photos", type=Path, help="a folder of photos (default: the examples)")
     parser.add_argument("--quick", action="store_true", help="groups of 4, 4 and 8, one round (a smoke test)")
     args = parser.parse_args()
@@ -136,31 +163,40 @@ def main() -> None:
     source = args.photos or REPO / "examples" / "Image"
     photos = photos_in(source)
     device = torch.device(args.device)
-    bounds = {name: backbone_rate(name, device, args.threads)
-              for name in dict.fromkeys(BACKBONE.get(method, "vgg16") for method in args.methods)}  # fmt: skip
+    backbones = dict.fromkeys(BACKBONE.get(method, "vgg16") for method in args.methods)
+    bounds = {(name, precision): backbone_rate(name, device, args.threads, precision)
+              for name in backbones for precision in args.precision}  # fmt: skip
     sets = {"2 x 20": [20, 20], "1 x 100": [100]}
     if args.quick:
         sets, args.rounds = {"2 x 4": [4, 4], "1 x 8": [8]}, 1
-    rates: dict[tuple[str, str], list[float]] = {(m, s): [] for m in args.methods for s in sets}
+    runs = [(method, precision, decode) for method in args.methods for precision in args.precision
+            for decode in args.decode]  # fmt: skip
+    rates: dict[tuple[tuple[str, str, str], str], list[float]] = {(run, s): [] for run in runs for s in sets}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.resize:
+            photos = resized_photos(photos, Path(tmp) / "resized", args.resize)
         folders = {label: make_groups(Path(tmp) / f"in{i}", photos, sizes) for i, (label, sizes) in
                    enumerate(sets.items())}  # fmt: skip
-        for method in args.methods:  # warm-up: SISM caches, exported graphs, the disk cache
-            detect_rate(next(iter(folders.values())), Path(tmp) / "out", method, args)
+        for run in runs:  # warm-up: SISM caches, exported graphs, the disk cache
+            detect_rate(next(iter(folders.values())), Path(tmp) / "out", run, args)
         for _ in range(args.rounds):
-            for method in args.methods:
+            for run in runs:
                 for label, folder in folders.items():
-                    rates[method, label].append(detect_rate(folder, Path(tmp) / "out", method, args))
-    print(f"device {args.device}, backend {args.backend}, {args.threads} threads, median of {args.rounds} rounds, "
-          f"{len(photos)} photos from {source}")  # fmt: skip
+                    rates[run, label].append(detect_rate(folder, Path(tmp) / "out", run, args))
+    resized = f" re-encoded at {args.resize} x {args.resize}" if args.resize else ""
+    print(f"device {args.device}, backend {args.backend}, {args.threads} threads, batch size {args.batch_size}, "
+          f"median of {args.rounds} rounds, "
+          f"{len(photos)} photos from {source}{resized}")  # fmt: skip
     print(f"backbone bound (batch {BATCH}, 224 px): " +
-          ", ".join(f"{name} {rate:.1f} img/s" for name, rate in bounds.items()))  # fmt: skip
+          ", ".join(f"{name} {precision} {rate:.1f} img/s" for (name, precision), rate in bounds.items()))  # fmt: skip
     small, large = sets
-    print(f"{'method':<11}{small + ' img/s':>14}{large + ' img/s':>15}{'backbone img/s':>16}{'ratio':>8}")
-    for method in args.methods:
-        bound = bounds[BACKBONE.get(method, "vgg16")]
-        few, many = (statistics.median(rates[method, label]) for label in sets)
-        print(f"{method:<11}{few:>14.2f}{many:>15.2f}{bound:>16.1f}{few / bound:>8.0%}")
+    print(f"{'method':<11}{'precision':>10}{'decode':>8}{small + ' img/s':>14}{large + ' img/s':>15}"
+          f"{'backbone img/s':>16}{'ratio':>8}")  # fmt: skip
+    for run in runs:
+        method, precision, decode = run
+        bound = bounds[BACKBONE.get(method, "vgg16"), precision]
+        few, many = (statistics.median(rates[run, label]) for label in sets)
+        print(f"{method:<11}{precision:>10}{decode:>8}{few:>14.2f}{many:>15.2f}{bound:>16.1f}{few / bound:>8.0%}")
 
 
 if __name__ == "__main__":

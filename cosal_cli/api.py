@@ -53,6 +53,7 @@ def load(
     progress: ProgressCallback | None = None,
     backend: str = "torch",
     threads: int | None = None,
+    precision: str = "fp32",
     **options: Any,
 ) -> Detector:
     """A ready detector: the method's weights fetched if needed (unless ``offline``) and verified.
@@ -60,7 +61,9 @@ def load(
     ``options`` are the method's own (``sism="gmr"``, ``subgroup=5`` for ICNet; see ``cosal methods``);
     ``refine`` adds refiners after the method's (``refine=["ranking"]``); ``backend="onnxruntime"`` runs
     the method's exported graphs in ONNX Runtime (every method with a network); ``threads`` sets torch's
-    (and onnxruntime's) CPU threads for the process (default: one per core). Errors are those of the
+    (and onnxruntime's) CPU threads for the process (default: one per core); ``precision="bf16"`` runs the
+    network under bfloat16 autocast (faster where the CPU or GPU has bf16 units; maps within a few 1/255,
+    see the README's Speed section). Errors are those of the
     command line: UsageError, WeightsUnavailable, ChecksumMismatch (all ``cosal_cli.errors.CosalError``).
     """
     name = method or methods.DEFAULT_METHOD
@@ -68,7 +71,7 @@ def load(
     refiner_names = methods.refiners_for(name, refine)
     check_refiners(refiner_names)  # an unknown refiner fails before any download
     use_threads(threads)
-    loaded = load_method(name, device, batch_size, offline, progress, typed, backend)
+    loaded = load_method(name, device, batch_size, offline, progress, typed, backend, precision)
     refiners = [load_refiner(refiner, str(loaded.device)) for refiner in refiner_names]
     return Detector(loaded, refiners, _weights_of(name))
 

@@ -278,6 +278,7 @@ def run(
     backend: str = "torch",
     threads: int | None = None,
     runner: Callable[..., Any] | None = None,
+    precision: str = "fp32",
 ) -> BenchResult:
     """Run ``methods`` on every dataset and score them together with the ``predictions`` folders.
 
@@ -285,6 +286,7 @@ def run(
     :func:`cosal_cli.methods.split_options`); ``refine`` names refiners applied after every method,
     and a method's maps and row are then labelled ``method+refiner`` (``gicd+ranking``). ``runner`` is
     the run function that computes the maps (:func:`cosal_cli.runners.select`; default: the local runner).
+    ``precision="bf16"`` maps are labelled apart (``gicd,precision=bf16``): they differ by a few 1/255.
     """
     result = BenchResult(protocol, group_average)
     try:
@@ -295,8 +297,8 @@ def run(
                 reporter.problem(problem)
             for method in methods:
                 method_options = (options or {}).get(method)
-                label = method_label(method, refine, method_options)
-                run = _MethodRun(method, label, method_options, list(refine), backend, threads, runner)
+                label = method_label(method, refine, method_options, precision)
+                run = _MethodRun(method, label, method_options, list(refine), backend, threads, runner, precision)
                 summary = _detect(dataset, run, output, existing, device_spec, batch_size, offline, reporter,
                                   download_progress)  # fmt: skip
                 reporter.stage(f"{dataset.name}: scoring {label}", len(dataset.items))
@@ -311,14 +313,17 @@ def run(
     return result
 
 
-def method_label(method: str, refine: Sequence[str], options: Any = None) -> str:
+def method_label(method: str, refine: Sequence[str], options: Any = None, precision: str = "fp32") -> str:
     """The name of a method's row and map folder: ``gicd``; with options that change the maps
-    ``csmg,smoothing=off`` (each given option, in declaration order); ``gicd+ranking`` with refiners."""
+    ``csmg,smoothing=off`` (each given option, in declaration order, then a precision other than fp32);
+    ``gicd+ranking`` with refiners."""
     given = []
     for name, flag in (options.declared().items() if options is not None else ()):
         value = getattr(options, name)
         if value is not None:
             given.append(f"{flag.removeprefix('--')}={Path(value).name if isinstance(value, Path) else value}")
+    if precision != "fp32":
+        given.append(f"precision={precision}")
     return "+".join([",".join([method, *given]), *refine])
 
 
@@ -331,6 +336,7 @@ class _MethodRun:
     backend: str = "torch"
     threads: int | None = None  # torch's (and onnxruntime's) CPU threads; None: the default
     runner: Callable[..., Any] | None = None  # the runner's run function; None: the local runner
+    precision: str = "fp32"
 
 
 def _detect(dataset, run: _MethodRun, output, existing, device_spec, batch_size, offline, reporter, download_progress):
@@ -358,6 +364,7 @@ def _detect(dataset, run: _MethodRun, output, existing, device_spec, batch_size,
         download_progress=download_progress,
         backend=run.backend,
         threads=run.threads,
+        precision=run.precision,
     )
     if summary.interrupted:
         raise Terminated if summary.terminated else KeyboardInterrupt

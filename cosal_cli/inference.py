@@ -32,7 +32,8 @@ class DecodedGroup:
 
     images: list[Any]  # what each kept image came from (an ImageFile in folder runs)
     sizes: list[tuple[int, int]]  # (width, height) of each original, after EXIF orientation
-    pixels: np.ndarray | None  # (N, S, S, 3) uint8
+    #: (N, S, S, 3) uint8: an array, or a tensor when decoded for a CUDA device (pinned, or on it)
+    pixels: np.ndarray | torch.Tensor | None
     problems: list[Problem]
     notes: list[str]
     seconds: float
@@ -40,24 +41,65 @@ class DecodedGroup:
     originals: list[np.ndarray] | None = None
 
 
-def decode_group(group: Group, size: int, keep_originals: bool = False, pool: Executor | None = None) -> DecodedGroup:
+def decode_group(group: Group, size: int, keep_originals: bool = False, pool: Executor | None = None,
+                 device: torch.device | None = None, jpeg_on_device: bool = False) -> DecodedGroup:  # fmt: skip
     """Decode a discovered group's files; an unusable file becomes a Problem, never an exception.
 
     With ``pool``, the images are decoded and resized in its threads (Pillow releases the GIL), in order.
+    ``device`` is where the group will be computed: a CUDA device gets the pixels in pinned memory (its
+    copy to the GPU then needs no staging), and with ``jpeg_on_device`` the JPEGs are decoded on it
+    (:mod:`cosal_cli.io.device_jpeg`), unless the originals are kept (their users work on the CPU).
     """
     tick = time.perf_counter()
     decoded = DecodedGroup([], [], None, [], [], 0.0, [] if keep_originals else None)
-    pixels = []
+    on_device = _decode_jpegs(group.images, size, device, pool) if jpeg_on_device and not keep_originals else {}
+    rest = [image for index, image in enumerate(group.images) if index not in on_device]
     load = functools.partial(_load, size=size)
-    for image, loaded in zip(group.images, pool.map(load, group.images) if pool else map(load, group.images)):
+    loaded_rest = iter(pool.map(load, rest) if pool else map(load, rest))
+    pixels = []
+    for index, image in enumerate(group.images):
+        if index in on_device:
+            decoded.images.append(image)
+            decoded.sizes.append(on_device[index][0])
+            pixels.append(on_device[index][1])
+            continue
+        loaded = next(loaded_rest)
         if isinstance(loaded, InputError):
             decoded.problems.append(Problem(image.path, str(loaded), group.name))
             continue
         decoded.notes += [f"{image.path}: {note}" for note in loaded[0].notes]
         pixels.append(_add(decoded, image, loaded[0].rgb, loaded[1]))
-    decoded.pixels = np.stack(pixels) if pixels else None
+    decoded.pixels = _stacked(pixels, device) if pixels else None
     decoded.seconds = time.perf_counter() - tick
     return decoded
+
+
+def _decode_jpegs(images: Sequence[ImageFile], size: int, device: torch.device | None,
+                  pool: Executor | None) -> dict[int, tuple[tuple[int, int], torch.Tensor]]:  # fmt: skip
+    """{index: ((width, height), network pixels on ``device``)} of the images the device decoded."""
+    from cosal_cli.io.device_jpeg import decode_on_device, device_candidate, network_tensor
+
+    paths = [image.path for image in images]
+    candidates = list(pool.map(device_candidate, paths) if pool else map(device_candidate, paths))
+    indices = [index for index, candidate in enumerate(candidates) if candidate is not None]
+    if not indices:
+        return {}
+    upright = decode_on_device([candidates[index] for index in indices], device or torch.device("cpu"))
+    return {index: ((image.shape[2], image.shape[1]), network_tensor(image, size))
+            for index, image in zip(indices, upright) if image is not None}  # fmt: skip
+
+
+def _stacked(pixels: list, device: torch.device | None) -> np.ndarray | torch.Tensor:
+    """The group's (N, S, S, 3) pixels: on the device when some were decoded there, pinned for CUDA."""
+    if any(isinstance(image, torch.Tensor) for image in pixels):
+        target = next(image.device for image in pixels if isinstance(image, torch.Tensor))
+        return torch.stack([image if isinstance(image, torch.Tensor) else torch.tensor(image, device=target)
+                            for image in pixels])  # fmt: skip
+    if device is None or device.type != "cuda":
+        return np.stack(pixels)
+    pinned = torch.empty((len(pixels), *pixels[0].shape), dtype=torch.uint8, pin_memory=True)
+    np.stack(pixels, out=pinned.numpy())
+    return pinned
 
 
 def _load(image: ImageFile, size: int) -> tuple[DecodedImage, np.ndarray] | InputError:
@@ -91,13 +133,16 @@ def _add(decoded: DecodedGroup, label: Any, rgb: Image.Image, pixels: np.ndarray
     return pixels
 
 
-def predict(method: Method, pixels: np.ndarray, sources: GroupImages | None = None) -> torch.Tensor:
+def predict(method: Method, pixels: np.ndarray | torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
     """(N, S, S, 3) uint8 pixels to the method's (N, h, w) float32 maps in [0, 1], on the CPU."""
-    batch = torch.from_numpy(pixels).to(method.device).permute(0, 3, 1, 2)
+    if isinstance(pixels, np.ndarray):
+        pixels = torch.from_numpy(pixels)
+    # non_blocking: from pinned memory the copy runs beside the CPU's work, ordered before the network's
+    batch = pixels.to(method.device, non_blocking=True).permute(0, 3, 1, 2)
     # One copy that converts and lays the tensor out as the method's convolutions want it: channels-last
     # for cosal's own networks (faster), contiguous NCHW for the official ones (their code's layout).
     batch = batch.to(dtype=torch.float32, memory_format=method.memory_format()).div_(255.0)
-    with torch.inference_mode(method.inference_mode):
+    with torch.inference_mode(method.inference_mode), method.autocast():
         maps = method.predict_group(batch, sources)
     maps = maps.detach().float().cpu()
     if maps.ndim != 3 or maps.shape[0] != pixels.shape[0]:

@@ -48,8 +48,9 @@ class GeneratorSisms:
     def __call__(self, images: torch.Tensor, sources: GroupImages | None = None, compute=None) -> torch.Tensor:
         """The images' SISMs, (N, 1, SISM_SIZE, SISM_SIZE). ``compute(indices)``, when given, makes the maps of
         the images not in the cache instead of the generator (a caller that already holds their features)."""
-        keys = [hashlib.sha256(image.tobytes()).hexdigest() for image in _as_uint8(images)] if self.cache else []
-        found = {i: cached for i, key in enumerate(keys) if (cached := self._read(key)) is not None}
+        cache = self._cache_for(images.device)
+        keys = [hashlib.sha256(image.tobytes()).hexdigest() for image in _as_uint8(images)] if cache else []
+        found = {i: cached for i, key in enumerate(keys) if (cached := self._read(cache, key)) is not None}
         missing = [i for i in range(len(images)) if i not in found]
         maps = torch.empty(len(images), 1, SISM_SIZE, SISM_SIZE, device=images.device)
         if missing:
@@ -61,20 +62,27 @@ class GeneratorSisms:
             fresh = _quantise(_to_size(predicted.float(), SISM_SIZE))
             for position, index in enumerate(missing):
                 maps[index] = fresh[position]
-                if self.cache:
-                    self._write(keys[index], fresh[position])
+                if cache:
+                    self._write(cache, keys[index], fresh[position])
         for index, cached in found.items():
             maps[index] = cached.to(images.device)
         return maps
 
-    def _path(self, key: str) -> Path:
-        assert self.cache is not None
-        return self.cache / key[:2] / f"{key}.png"
+    def _cache_for(self, device: torch.device) -> Path | None:
+        """The cache folder for maps computed now: maps made under bfloat16 autocast (``--precision bf16``)
+        differ from float32 ones by a few 1/255, so they are kept apart."""
+        if self.cache is None or not torch.is_autocast_enabled(device.type):
+            return self.cache
+        return self.cache.with_name(f"{self.cache.name}-{str(torch.get_autocast_dtype(device.type)).split('.')[-1]}")
 
-    def _read(self, key: str) -> torch.Tensor | None:
+    @staticmethod
+    def _path(cache: Path, key: str) -> Path:
+        return cache / key[:2] / f"{key}.png"
+
+    def _read(self, cache: Path, key: str) -> torch.Tensor | None:
         from PIL import Image
 
-        path = self._path(key)
+        path = self._path(cache, key)
         try:
             with Image.open(path) as image:
                 values = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
@@ -84,11 +92,11 @@ class GeneratorSisms:
             return None
         return torch.from_numpy(values)[None]
 
-    def _write(self, key: str, sism: torch.Tensor) -> None:
+    def _write(self, cache: Path, key: str, sism: torch.Tensor) -> None:
         from cosal_cli.io import write_map
 
         try:
-            write_map((sism[0] * 255.0).round().to(torch.uint8).cpu().numpy(), self._path(key))
+            write_map((sism[0] * 255.0).round().to(torch.uint8).cpu().numpy(), self._path(cache, key))
         except OSError:
             pass  # a read-only or full cache only costs the recomputation next time
 

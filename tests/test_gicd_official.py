@@ -547,3 +547,16 @@ def test_fetched_components_still_need_their_own_pin():
     }
     with pytest.raises(ManifestError, match="'size'"):
         parse_manifest({"schema": 1, "components": {"head": entry}}, Path("m.yaml"))
+
+
+def test_bf16_runs_the_official_network_and_its_gradient_under_autocast(cosal, use_imported, small_group, tmp_path):
+    maps = {}
+    for precision in ("fp32", "bf16"):
+        result = cosal("detect", small_group, "--method", "gicd-official", "-o", tmp_path / precision, "--device",
+                       "cpu", "--precision", precision, "--json")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["precision"] == precision
+        written = sorted((tmp_path / precision).rglob("*.png"))
+        maps[precision] = [np.asarray(Image.open(path), dtype=float) for path in written]
+    differences = [np.abs(a - b).mean() for a, b in zip(maps["fp32"], maps["bf16"])]
+    assert len(differences) == 2 and 0 < max(differences) < 8, differences

@@ -803,6 +803,19 @@ def test_cli_trains_a_sod_head_that_sod_then_loads(toy, real_weights, tmp_path):
 
 
 @pytest.mark.weights
+def test_a_sod_head_trains_under_bf16_autocast_on_the_cpu(toy, real_weights, tmp_path):
+    real_weights("vgg16-imagenet")
+    output = tmp_path / "sod-head.safetensors"
+    result = cli_train(toy, output, "--epochs", "3", "--size", "64", "--min-group", "2", "--max-group", "3",
+                       "--val-limit", "2", "--device", "cpu", "--threads", "1", "--offline", "--precision", "bf16")
+    assert result.exit_code == 0, result.output
+    history = load_tensors(output.with_name("sod-head.checkpoint.safetensors")).metadata["state"]["history"]
+    # as in float32 (the test above): the loss falls and the squares are found; the weights stay float32
+    assert history[-1]["loss"] < 0.85 * history[0]["loss"] and max(entry["sm"] for entry in history) > 0.8, history
+    assert all(tensor.dtype == torch.float32 for tensor in load_tensors(output).tensors.values())
+
+
+@pytest.mark.weights
 def test_the_head_kept_is_the_best_by_s_measure(toy, real_weights, tmp_path, monkeypatch):
     real_weights("vgg16-imagenet")
     scripted = iter([0.5, 0.7, 0.7, 0.6])  # epoch 3 ties epoch 2 (not better), epoch 4 is worse
@@ -921,6 +934,8 @@ def test_cli_refuses_bad_train_options_before_loading_anything(toy, tmp_path):
     assert result.exit_code == 2 and ".safetensors" in result.stderr, result.output
     result = cli_train(toy, tmp_path / "head.safetensors", *base, "--min-group", "4", "--max-group", "3")
     assert result.exit_code == 2 and "sub-group" in result.stderr, result.output
+    result = cli_train(toy, tmp_path / "head.safetensors", *base, "--precision", "half")
+    assert result.exit_code == 2 and "--precision must be auto, fp32 or bf16" in result.stderr, result.output
     result = CliRunner().invoke(app, ["train", "--method", "gmr", "--data", str(toy["data"]),
                                       "--split", str(toy["split"]),
                                       "--output", str(tmp_path / "head.safetensors"), *base])  # fmt: skip

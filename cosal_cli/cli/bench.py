@@ -29,6 +29,7 @@ from cosal_cli.cli.options import (
     GpusPerWorkerOption,
     OutsidersOption,
     PoolingOption,
+    PrecisionOption,
     RayAddressOption,
     RayRuntimeEnvOption,
     RefineOption,
@@ -94,6 +95,7 @@ def bench(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute maps already in OUTPUT.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     backend: BackendOption = "torch",
+    precision: PrecisionOption = "fp32",
     threads: ThreadsOption = None,
     runner: RunnerOption = "local",
     ray_address: RayAddressOption = None,
@@ -152,7 +154,7 @@ def bench(
         chosen = load_split(split)
         found = [held_out_part(found_dataset, chosen) for found_dataset in found]
     predictions = benchmark.prediction_names(pred or [], found, taken=[
-        benchmark.method_label(name, refine or [], options.get(name)) for name in method_names])
+        benchmark.method_label(name, refine or [], options.get(name), precision) for name in method_names])
 
     with progress_bar(quiet, 0) as progress:
         result = benchmark.run(
@@ -171,6 +173,7 @@ def bench(
             refine=refine or [],
             download_progress=download_callback(progress) if progress else None,
             backend=backend,
+            precision=precision,
             threads=threads,
             runner=run,
         )

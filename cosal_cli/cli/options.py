@@ -32,6 +32,14 @@ BackendOption = Annotated[
     str, typer.Option("--backend", metavar="torch|onnxruntime", help="Run the method in torch, or its exported "
                       "graphs in ONNX Runtime (every method but gmr; cached in $COSAL_HOME/onnx/).")
 ]  # fmt: skip
+PrecisionOption = Annotated[
+    str, typer.Option("--precision", metavar="fp32|bf16", help="The network's arithmetic: float32, or bfloat16 "
+                      "autocast (faster on GPUs and on CPUs with AMX or AVX512-BF16; maps within a few 1/255).")
+]  # fmt: skip
+GpuDecodeOption = Annotated[
+    bool, typer.Option("--gpu-decode", help="Decode JPEGs on the GPU (nvJPEG, through torchvision), with --device "
+                       "cuda; other files, and those it cannot take, go through Pillow.")
+]  # fmt: skip
 ThreadsOption = Annotated[
     Optional[int], typer.Option("--threads", min=1, metavar="N", show_default=False,
                                 help="CPU threads for torch and onnxruntime (default: one per core).")

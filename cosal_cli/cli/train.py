@@ -105,7 +105,9 @@ def train(
     ] = 0,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Batches between checkpoints.")] = 50,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT's checkpoint.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (CUDA trains in bf16 autocast).")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option(metavar="auto|fp32|bf16", help="bf16 autocast or float32 for the forward "
+                                           "passes; auto: bf16 on CUDA, fp32 on the CPU.")] = "auto",
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch.")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network for weights.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the kept head's metadata as JSON.")] = False,
@@ -134,8 +136,8 @@ def train(
     settings = TrainSettings(
         method=method, data=list(data), split=load_split(split), output=output, epochs=epochs, lr=lr,
         sampler=sampler, val_limit=val_limit, per_group=per_group, checkpoint_every=checkpoint_every, device=device,
-        resume=resume, offline=hub.offline_mode(offline), config=_config(sism, branches, co_category, pooling),
-        cache_views=cache_views, cache_dir=cache_dir,
+        precision=precision, resume=resume, offline=hub.offline_mode(offline),
+        config=_config(sism, branches, co_category, pooling), cache_views=cache_views, cache_dir=cache_dir,
     )  # fmt: skip
     with progress_bar(quiet, None, TRAIN_COLUMNS) as progress:
         metadata = run_training(settings, _TrainConsoleReporter(progress, quiet))

@@ -88,6 +88,8 @@ class Method(ABC):
         options: MethodOptions | None = None,
     ):
         self.device = device
+        #: "fp32", or "bf16": the network under bfloat16 autocast (:meth:`autocast`), set by the loader.
+        self.precision = "fp32"
         self.batch_size = max(1, batch_size)
         self.options = options if options is not None else self.options_class()
         #: Remarks for the user about this run (e.g. a SISM generator other than the one trained with).
@@ -102,6 +104,10 @@ class Method(ABC):
         ``sources`` names the group and the images' stems (for SISMs read from a folder); it is None
         when the images come from elsewhere (training, validation).
         """
+
+    def autocast(self) -> torch.autocast:
+        """The autocast context the inference path predicts in: bfloat16 with ``precision="bf16"``, else off."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def memory_format(self) -> torch.memory_format:
         """The memory order of the method's convolution weights and input (see ``channels_last``)."""

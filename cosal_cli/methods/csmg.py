@@ -75,7 +75,7 @@ class Method(base.TrainableMethod):
 
         settings = SmoothingSettings() if self.options.multi_scale else SmoothingSettings(scales=SINGLE_SCALE)
         pixels = (images.permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
-        smoothed = smooth_group(pixels, maps.cpu().numpy(), features, settings, str(self.device))
+        smoothed = smooth_group(pixels, maps.float().cpu().numpy(), features, settings, str(self.device))
         return torch.from_numpy(smoothed).to(maps.device)
 
     def graph_names(self) -> tuple[str, ...]:

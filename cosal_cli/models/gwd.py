@@ -129,7 +129,7 @@ class GroupWiseFcn(FrozenBackboneNetwork):
             total = torch.zeros(images.shape[0], *images.shape[-2:], device=images.device)
             for part in subsets.split(chunk):
                 logits = self._subset_logits(scaled, single, part, images.shape[-2:])
-                total.index_add_(0, part.flatten(), torch.sigmoid(logits[:, 0]))
+                total.index_add_(0, part.flatten(), torch.sigmoid(logits[:, 0].float()))
             count = torch.bincount(subsets.flatten(), minlength=images.shape[0])
         return total / count[:, None, None]
 

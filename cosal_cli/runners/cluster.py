@@ -87,6 +87,8 @@ def run(
     preview: bool = False,
     backend: str = "torch",
     threads: int | None = None,
+    precision: str = "fp32",
+    gpu_decode: bool = False,
 ) -> Summary:
     """:func:`cosal_cli.runners.local.run` on a Ray cluster: the same arguments, ``cluster`` added."""
     ray = import_ray()
@@ -94,14 +96,17 @@ def run(
     refiner_names = methods.refiners_for(method_name, refine)
     check_refiners(refiner_names)
     _check_cluster_options(cluster, device_spec, threads)
+    if gpu_decode and not device_spec.startswith("cuda"):
+        raise UsageError("--gpu-decode needs a CUDA device on the workers (--device cuda): it decodes with nvJPEG")
     check_outputs(discovery, output_dir, existing, save)
     summary = Summary(method=method_name, device="", output=str(output_dir), refiners=refiner_names,
-                      backend=backend, threads=threads or 1, runner="ray", workers=cluster.workers)  # fmt: skip
+                      backend=backend, threads=threads or 1, runner="ray", workers=cluster.workers,
+                      precision=precision, gpu_decode=gpu_decode)  # fmt: skip
     recorder = Recorder(summary, reporter, output_dir, save)
     recorder.start(discovery)
     pending = pending_groups(discovery, output_dir, existing, save)
     spec = WorkerSpec(method_name, device_spec, batch_size, offline, options, tuple(refiner_names), backend,
-                      threads or 1)  # fmt: skip
+                      threads or 1, precision, gpu_decode)  # fmt: skip
     tick = time.perf_counter()
     connection = _Connection(ray, cluster)
     with connection if pending else contextlib.nullcontext():

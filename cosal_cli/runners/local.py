@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cosal_cli import methods
-from cosal_cli.errors import Terminated
+from cosal_cli.errors import Terminated, UsageError
 from cosal_cli.hub import ProgressCallback
 from cosal_cli.inference import decode_group
 from cosal_cli.io import Discovery, Group, ImageFile, SaveSpec
@@ -53,6 +53,8 @@ def run(
     preview: bool = False,
     backend: str = "torch",
     threads: int | None = None,
+    precision: str = "fp32",
+    gpu_decode: bool = False,
 ) -> Summary:
     """Run ``method_name`` (then its card's refiners and ``refine``) on every group; write the maps.
 
@@ -63,22 +65,26 @@ def run(
     refiner_names = methods.refiners_for(method_name, refine)
     check_refiners(refiner_names)  # an unknown name fails before any file
     device = resolve_device(device_spec)
+    if gpu_decode and device.type != "cuda":
+        raise UsageError(f"--gpu-decode needs a CUDA device (--device cuda), not {device}: it decodes with nvJPEG")
     threads_in_use = use_threads(threads)
     refiners = [load_refiner(name, str(device)) for name in refiner_names]
     check_outputs(discovery, output_dir, existing, save)
     summary = Summary(method=method_name, device=str(device), output=str(output_dir), refiners=refiner_names,
-                      backend=backend, threads=threads_in_use)  # fmt: skip
+                      backend=backend, threads=threads_in_use, precision=precision,
+                      gpu_decode=gpu_decode)  # fmt: skip
     recorder = Recorder(summary, reporter, output_dir, save)
     recorder.start(discovery)
     pending = pending_groups(discovery, output_dir, existing, save)
     method = None
     if pending:  # weights are only needed (and fetched) when there is work
         tick = time.perf_counter()
-        method = load_method(method_name, device, batch_size, offline, download_progress, options, backend)
+        method = load_method(method_name, device, batch_size, offline, download_progress, options, backend,
+                             precision)  # fmt: skip
         summary.timings["weights_s"] = time.perf_counter() - tick
         for message in method.notices:
             recorder.notice(message)
-    run_context = _Run(method, refiners, existing, recorder, preview)
+    run_context = _Run(method, refiners, existing, recorder, preview, gpu_decode)
     tick = time.perf_counter()
     try:
         run_context.groups(discovery.groups, pending)
@@ -119,8 +125,10 @@ class _Written:
 class _Run:
     """One run's groups, in input order: decoded one ahead, computed here, written one behind."""
 
-    def __init__(self, method, refiners, existing: str, recorder: Recorder, preview: bool = False):
+    def __init__(self, method, refiners, existing: str, recorder: Recorder, preview: bool = False,
+                 gpu_decode: bool = False):  # fmt: skip
         self.method, self.refiners, self.existing, self.preview = method, refiners, existing, preview
+        self.gpu_decode = gpu_decode
         self.recorder, self.summary = recorder, recorder.summary
         self.output_dir, self.save = recorder.output_dir, recorder.save
         self._writing: _Writing | None = None
@@ -144,8 +152,9 @@ class _Run:
 
             def decode_next() -> Future | None:
                 group = next(queue, None)
-                size = self.method.input_size
-                return None if group is None else decoder.submit(decode_group, group, size, keep, images)
+                size, device = self.method.input_size, self.method.device
+                return None if group is None else decoder.submit(decode_group, group, size, keep, images, device,
+                                                                 self.gpu_decode)  # fmt: skip
 
             upcoming = decode_next() if pending else None
             try:

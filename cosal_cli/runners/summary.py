@@ -48,6 +48,8 @@ class Summary:
     timings: dict[str, float] = field(default_factory=dict)
     refiners: list[str] = field(default_factory=list)
     backend: str = "torch"  # or "onnxruntime" (--backend)
+    precision: str = "fp32"  # or "bf16" (--precision)
+    gpu_decode: bool = False  # JPEGs decoded on the GPU (--gpu-decode)
     threads: int = 0  # CPU threads of torch (and onnxruntime) in this run
     interrupted: bool = False
     terminated: bool = False  # the interruption was SIGTERM, not Ctrl-C
@@ -87,6 +89,8 @@ class Summary:
             "refiners": self.refiners,
             "device": self.device,
             "backend": self.backend,
+            "precision": self.precision,
+            "gpu_decode": self.gpu_decode,
             "threads": self.threads,
             "runner": self.runner,
             "workers": self.workers,

@@ -53,6 +53,8 @@ class WorkerSpec:
     refiners: tuple[str, ...] = ()
     backend: str = "torch"
     threads: int = 1
+    precision: str = "fp32"
+    gpu_decode: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,13 +102,13 @@ class GroupWorker:
         # as the local runner overlaps them; the computation itself runs one group at a time.
         self._computing = threading.Lock()
         self.error: tuple[str, str] | None = None
-        self.method, self.threads = None, 0
+        self.method, self.threads, self.gpu_decode = None, 0, spec.gpu_decode
         try:  # a whole-run problem (weights missing, a bad option) goes back to the driver, which raises it
             self.threads = use_threads(spec.threads)
             device = resolve_device(spec.device)
             self.refiners = [load_refiner(name, str(device)) for name in spec.refiners]
             self.method = load_method(spec.method, device, spec.batch_size, spec.offline, None, spec.options,
-                                      spec.backend)  # fmt: skip
+                                      spec.backend, spec.precision)  # fmt: skip
         except CosalError as exc:
             self.error = (type(exc).__name__, str(exc))
 
@@ -137,7 +139,8 @@ class GroupWorker:
     def _process(self, task: GroupTask, result: GroupResult) -> None:
         keep = keeps_photos(self.refiners, task.save, task.preview)
         with ThreadPoolExecutor(DECODE_THREADS, "cosal-decode-image") as pool:
-            decoded = decode_group(task.group, self.method.input_size, keep, pool)
+            decoded = decode_group(task.group, self.method.input_size, keep, pool, self.method.device,
+                                   self.gpu_decode)  # fmt: skip
         with self._computing:
             outcome = process_group(self.method, self.refiners, task.group, decoded)
         result.failures, result.notices, result.timings = outcome.failures, outcome.notices, outcome.timings

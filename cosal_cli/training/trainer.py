@@ -57,6 +57,7 @@ class TrainSettings:
     per_group: int = 0  # training images per group (0: all of them); a quick run on a slow machine
     checkpoint_every: int = 50
     device: str = "auto"
+    precision: str = "auto"  # bf16 autocast or fp32; auto: bf16 on CUDA, fp32 on the CPU
     resume: bool = False
     offline: bool = False
     config: dict[str, Any] = field(default_factory=dict)  # the head's hyper-parameters (icnet: {"sism": ...})
@@ -175,7 +176,7 @@ def train(settings: TrainSettings, reporter: TrainReporter) -> dict[str, Any]:
     state = _start_state(settings, network, optimiser, reporter)
 
     validator = _Validator(method_class, data.held_out, device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    autocast = _autocast(settings.precision, device)
     source = _batch_source(settings, network, data.train, backbone, device, autocast, reporter, categories)
     schedule = [source.epoch_batches(epoch) for epoch in range(settings.epochs)]
     total_steps = sum(len(batches) for batches in schedule)
@@ -246,6 +247,8 @@ def trainable_method(name: str) -> type[TrainableMethod]:
 
 
 def _check_settings(method_class: type[TrainableMethod], settings: TrainSettings) -> None:
+    if settings.precision not in ("auto", "fp32", "bf16"):
+        raise UsageError(f"--precision must be auto, fp32 or bf16, not {settings.precision!r}")
     declared = methods.card(settings.method).options.declared()
     if settings.config.get("sism") is not None:
         if "sism" not in declared:
@@ -298,6 +301,12 @@ def _network_config(method_class, settings: TrainSettings, categories: CoCategor
         return settings.config
     source, labels = (categories.source, len(categories.labels)) if categories else ("off", 0)
     return {**settings.config, "co_category": source, "categories": labels}
+
+
+def _autocast(precision: str, device: torch.device):
+    """bf16 autocast for the forward passes (the weights, gradients and Adam stay float32), or none."""
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
 def _batch_source(settings: TrainSettings, network, train_images, backbone, device, autocast, reporter, categories):
