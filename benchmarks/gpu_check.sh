@@ -10,6 +10,16 @@
 # OUT is set). cosal is run from this checkout (PYTHONPATH), so only its dependencies must be
 # installed; the weights come from COSAL_HOME (default .gpu-cache/, which `cosal weights pull` fills
 # and which can be copied to a machine without network). Exit: 0 all ran, 1 a step failed, 2 no CUDA.
+#
+# Getting the weights to a machine that only receives this checkout (the project's device tool: the
+# working tree, about 41 MiB with the bundled heads, plus what `carry` names, 64 MiB in all):
+#   EfficientNet-Lite0 (18.8 MB) travels in one call, enough for gicd's figures and tests:
+#     mkdir -p .gpu-cache/weights && cp "$(cosal weights path efficientnet-lite0-imagenet)" .gpu-cache/weights/
+#     then carry .gpu-cache.
+#   VGG-16 (58.9 MB) cannot travel in one call. Split it into parts named after the file
+#     (split -b 20M "$(cosal weights path vgg16-imagenet)" .gpu-cache/parts/<its file name>.part-), carry one
+#     part per call to the same warm machine (ignored files stay there between calls), and this script
+#     joins them into weights/ (the hub verifies the sha256 of the joined file before any use).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 result=${1:-${OUT:+$OUT/}gpu_check.txt}
@@ -17,6 +27,18 @@ python=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export COSAL_HOME=${COSAL_HOME:-$PWD/.gpu-cache} COSAL_OFFLINE=1
 failed=0
+
+join_parts() {  # .gpu-cache/parts/NAME.part-aa, -ab, ... -> $COSAL_HOME/weights/NAME (when not there yet)
+    local first name
+    for first in "$COSAL_HOME"/parts/*.part-aa; do
+        [ -e "$first" ] || continue
+        name=$(basename "$first" .part-aa)
+        [ -e "$COSAL_HOME/weights/$name" ] && continue
+        mkdir -p "$COSAL_HOME/weights"
+        cat "$COSAL_HOME/parts/$name".part-* > "$COSAL_HOME/weights/$name.joining" &&
+            mv "$COSAL_HOME/weights/$name.joining" "$COSAL_HOME/weights/$name"
+    done
+}
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, everything into the result file
     local name=$1 limit=$2
@@ -29,6 +51,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, everything into
 }
 
 : > "$result"
+join_parts
 { echo "cosal gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ)"; git rev-parse --short HEAD 2>/dev/null; nvidia-smi -L 2>&1; } \
     >> "$result"
 if ! "$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 2)" >> "$result" 2>&1; then

@@ -51,10 +51,17 @@ def test_the_overlapped_io_benchmark_accounts_for_each_stage_and_the_wall_time(l
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without CUDA")
 def test_the_gpu_check_says_there_is_no_cuda_and_writes_its_result_file(tmp_path):
     result_file = tmp_path / "gpu_check.txt"
-    environment = {**os.environ, "PYTHON": sys.executable}
+    # a weight file carried in parts (it does not fit the device tool's 64 MiB in one call) is joined first
+    home, weights = tmp_path / "home", os.urandom(3000)
+    (home / "parts").mkdir(parents=True)
+    for index, start in enumerate(range(0, 3000, 1024)):
+        (home / "parts" / f"abc.safetensors.part-a{'abc'[index]}").write_bytes(weights[start : start + 1024])
+    environment = {**os.environ, "PYTHON": sys.executable, "COSAL_HOME": str(home)}
     environment.pop("OUT", None)
     run = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(result_file)], capture_output=True,
                          text=True, env=environment, timeout=120)  # fmt: skip
     assert run.returncode == 2, run.stdout + run.stderr
     text = result_file.read_text()
     assert text.startswith("cosal gpu_check ") and "no CUDA device visible" in text
+    assert (home / "weights" / "abc.safetensors").read_bytes() == weights
+    assert [path.name for path in (home / "weights").iterdir()] == ["abc.safetensors"]

@@ -79,6 +79,8 @@ class Method(ABC):
     #: path): 1.3x faster for VGG-16 and EfficientNet-Lite0 on CPU (benchmarks/throughput.py). The official
     #: methods keep the official code's order, which their agreement checks were measured with.
     channels_last: ClassVar[bool] = False
+    #: "fp32", or "bf16": the network under bfloat16 autocast (:meth:`autocast`); the loader sets it per run.
+    precision: str = "fp32"
 
     def __init__(
         self,
@@ -88,8 +90,6 @@ class Method(ABC):
         options: MethodOptions | None = None,
     ):
         self.device = device
-        #: "fp32", or "bf16": the network under bfloat16 autocast (:meth:`autocast`), set by the loader.
-        self.precision = "fp32"
         self.batch_size = max(1, batch_size)
         self.options = options if options is not None else self.options_class()
         #: Remarks for the user about this run (e.g. a SISM generator other than the one trained with).
