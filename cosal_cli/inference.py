@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cosal_cli.errors import InputError
+from cosal_cli.errors import InputError, UsageError
 from cosal_cli.io import DecodedImage, Group, ImageFile, Problem, load_rgb
 from cosal_cli.methods.base import GroupImages, Method
 from cosal_cli.refine import Refiner
@@ -72,6 +72,14 @@ def decode_group(group: Group, size: int, keep_originals: bool = False, pool: Ex
     decoded.pixels = _stacked(pixels, device) if pixels else None
     decoded.seconds = time.perf_counter() - tick
     return decoded
+
+
+def check_gpu_decode(backend: str, device: str) -> None:
+    """``--gpu-decode`` needs a CUDA device computing in torch (ONNX Runtime reads its inputs from the CPU)."""
+    if not device.startswith("cuda"):
+        raise UsageError(f"--gpu-decode needs a CUDA device (--device cuda), not {device}: it decodes with nvJPEG")
+    if backend != "torch":
+        raise UsageError("--gpu-decode is for --backend torch: ONNX Runtime reads its inputs from the CPU")
 
 
 def _decode_jpegs(images: Sequence[ImageFile], size: int, device: torch.device | None,

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from cosal_cli import inference, io
 from cosal_cli.cli import app
+from cosal_cli.errors import UsageError
 
 from .conftest import EXAMPLES
 
@@ -92,6 +93,9 @@ def test_gpu_decode_without_a_cuda_device_is_a_usage_error(tmp_path):
                                       "--gpu-decode", "--device", "cpu"])  # fmt: skip
     assert result.exit_code == 2 and "--gpu-decode needs a CUDA device" in result.output
     assert not (tmp_path / "out").exists()
+    with pytest.raises(UsageError, match="--backend torch: ONNX Runtime reads its inputs from the CPU"):
+        inference.check_gpu_decode("onnxruntime", "cuda:0")
+    inference.check_gpu_decode("torch", "cuda:1")
 
 
 @pytest.mark.cuda

@@ -31,6 +31,7 @@ from typing import Any
 from cosal_cli import errors, methods
 from cosal_cli.errors import Terminated, UsageError
 from cosal_cli.hub import ProgressCallback
+from cosal_cli.inference import check_gpu_decode
 from cosal_cli.io import Discovery, Group, Problem, SaveSpec
 from cosal_cli.methods.options import MethodOptions
 from cosal_cli.refine import check_refiners
@@ -96,8 +97,8 @@ def run(
     refiner_names = methods.refiners_for(method_name, refine)
     check_refiners(refiner_names)
     _check_cluster_options(cluster, device_spec, threads)
-    if gpu_decode and not device_spec.startswith("cuda"):
-        raise UsageError("--gpu-decode needs a CUDA device on the workers (--device cuda): it decodes with nvJPEG")
+    if gpu_decode:
+        check_gpu_decode(backend, device_spec)
     check_outputs(discovery, output_dir, existing, save)
     summary = Summary(method=method_name, device="", output=str(output_dir), refiners=refiner_names,
                       backend=backend, threads=threads or 1, runner="ray", workers=cluster.workers,

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cosal_cli import methods
-from cosal_cli.errors import Terminated, UsageError
+from cosal_cli.errors import Terminated
 from cosal_cli.hub import ProgressCallback
-from cosal_cli.inference import decode_group
+from cosal_cli.inference import check_gpu_decode, decode_group
 from cosal_cli.io import Discovery, Group, ImageFile, SaveSpec
 from cosal_cli.methods.loader import load_method, resolve_device, use_threads
 from cosal_cli.methods.options import MethodOptions
@@ -65,8 +65,8 @@ def run(
     refiner_names = methods.refiners_for(method_name, refine)
     check_refiners(refiner_names)  # an unknown name fails before any file
     device = resolve_device(device_spec)
-    if gpu_decode and device.type != "cuda":
-        raise UsageError(f"--gpu-decode needs a CUDA device (--device cuda), not {device}: it decodes with nvJPEG")
+    if gpu_decode:
+        check_gpu_decode(backend, str(device))
     threads_in_use = use_threads(threads)
     refiners = [load_refiner(name, str(device)) for name in refiner_names]
     check_outputs(discovery, output_dir, existing, save)
