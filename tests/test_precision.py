@@ -72,8 +72,15 @@ def test_precision_is_checked_before_any_weights_are_read():
     with pytest.raises(UsageError, match="runs in torch only"):
         loader.check_precision("bf16", "onnxruntime", torch.device("cpu"))
     assert loader.check_precision("fp32", "onnxruntime", torch.device("cpu")) is None
-    result = runner.invoke(app, ["detect", str(EXAMPLES / "Image" / "cat"), "-o", "unused", "--precision", "half"])
-    assert result.exit_code == 2 and "--precision must be fp32 or bf16" in result.output
+    assert loader.check_precision("bf16", "torch") is None  # no device (the Ray driver): value and backend only
+
+
+def test_a_bad_precision_is_a_usage_error_even_when_nothing_is_left_to_compute(tmp_path):
+    out = tmp_path / "maps"
+    arguments = ["detect", str(EXAMPLES / "Image" / "cat"), "-o", str(out), "-m", "gmr", "--offline"]
+    assert runner.invoke(app, arguments).exit_code == 0
+    result = runner.invoke(app, [*arguments, "--skip-existing", "--precision", "half"])
+    assert result.exit_code == 2 and "--precision must be fp32 or bf16, not 'half'" in result.output
 
 
 def test_bf16_on_a_cpu_without_bf16_units_says_it_will_be_slow(monkeypatch):

@@ -100,8 +100,8 @@ def load_method(
     return load_onnx(method, hub.home, weights, chosen)
 
 
-def check_precision(precision: str, backend: str, device: torch.device) -> str | None:
-    """Refuse a precision the run cannot use; a remark for the user when bf16 will be slow here.
+def check_precision(precision: str, backend: str, device: torch.device | None = None) -> str | None:
+    """Refuse a precision the run cannot use; a remark for the user when bf16 will be slow on ``device``.
 
     bf16 halves the bytes every convolution moves and runs on the CPU's AMX / AVX512-BF16 units or the
     GPU's tensor cores. A CPU without them emulates it, slower than float32.
@@ -112,7 +112,7 @@ def check_precision(precision: str, backend: str, device: torch.device) -> str |
         return None
     if backend != "torch":
         raise UsageError(f"--precision {precision} runs in torch only: drop it, or use --backend torch")
-    if device.type == "cpu" and not _cpu_has_bf16():
+    if device is not None and device.type == "cpu" and not _cpu_has_bf16():
         return ("--precision bf16: this CPU has no AVX512-BF16 or AMX unit, so bfloat16 is emulated and usually "
                 "slower than the default fp32")  # fmt: skip
     return None

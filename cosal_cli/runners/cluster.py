@@ -33,6 +33,7 @@ from cosal_cli.errors import Terminated, UsageError
 from cosal_cli.hub import ProgressCallback
 from cosal_cli.inference import check_gpu_decode
 from cosal_cli.io import Discovery, Group, Problem, SaveSpec
+from cosal_cli.methods.loader import check_precision
 from cosal_cli.methods.options import MethodOptions
 from cosal_cli.refine import check_refiners
 from cosal_cli.runners.group import internal_error_problems
@@ -97,6 +98,7 @@ def run(
     refiner_names = methods.refiners_for(method_name, refine)
     check_refiners(refiner_names)
     _check_cluster_options(cluster, device_spec, threads)
+    check_precision(precision, backend)  # the workers' CPUs are theirs to judge (see their notices)
     if gpu_decode:
         check_gpu_decode(backend, device_spec)
     check_outputs(discovery, output_dir, existing, save)

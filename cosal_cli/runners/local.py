@@ -21,7 +21,7 @@ from cosal_cli.errors import Terminated
 from cosal_cli.hub import ProgressCallback
 from cosal_cli.inference import check_gpu_decode, decode_group
 from cosal_cli.io import Discovery, Group, ImageFile, SaveSpec
-from cosal_cli.methods.loader import load_method, resolve_device, use_threads
+from cosal_cli.methods.loader import check_precision, load_method, resolve_device, use_threads
 from cosal_cli.methods.options import MethodOptions
 from cosal_cli.refine import check_refiners, load_refiner
 from cosal_cli.runners.group import GroupOutcome, encode_outputs, keeps_photos, process_group
@@ -65,6 +65,7 @@ def run(
     refiner_names = methods.refiners_for(method_name, refine)
     check_refiners(refiner_names)  # an unknown name fails before any file
     device = resolve_device(device_spec)
+    check_precision(precision, backend, device)  # also when no group is left to compute (--skip-existing)
     if gpu_decode:
         check_gpu_decode(backend, str(device))
     threads_in_use = use_threads(threads)
