@@ -70,7 +70,7 @@ class OnnxMethod(Method):
         self.output_interpolation, self.roles = method.output_interpolation, method.roles
         self.device, self.batch_size, self.options, self.notices = torch.device("cpu"), method.batch_size, \
             method.options, method.notices  # fmt: skip
-        self.inference_mode, self.precision = True, "fp32"  # the graphs compute in float32
+        self.inference_mode = True  # precision: Method's default fp32, what the graphs compute in
         self.sessions = _sessions(method, folder, providers(device))
 
     def run(self, graph: str, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:

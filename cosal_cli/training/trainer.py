@@ -20,7 +20,6 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +31,7 @@ from cosal_cli import __version__, datasets, inference, methods, metrics
 from cosal_cli.errors import UsageError
 from cosal_cli.io import Group, ImageFile, load_grey
 from cosal_cli.methods.base import TrainableMethod
+from cosal_cli.methods.loader import PRECISIONS
 from cosal_cli.models.heads import load_tensors, save_head, save_tensors
 from cosal_cli.splits import Split
 from cosal_cli.training import cache, co_category
@@ -247,8 +247,8 @@ def trainable_method(name: str) -> type[TrainableMethod]:
 
 
 def _check_settings(method_class: type[TrainableMethod], settings: TrainSettings) -> None:
-    if settings.precision not in ("auto", "fp32", "bf16"):
-        raise UsageError(f"--precision must be auto, fp32 or bf16, not {settings.precision!r}")
+    if settings.precision not in ("auto", *PRECISIONS):
+        raise UsageError(f"--precision must be auto, {' or '.join(PRECISIONS)}, not {settings.precision!r}")
     declared = methods.card(settings.method).options.declared()
     if settings.config.get("sism") is not None:
         if "sism" not in declared:
@@ -306,7 +306,7 @@ def _network_config(method_class, settings: TrainSettings, categories: CoCategor
 def _autocast(precision: str, device: torch.device):
     """bf16 autocast for the forward passes (the weights, gradients and Adam stay float32), or none."""
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def _batch_source(settings: TrainSettings, network, train_images, backbone, device, autocast, reporter, categories):
