@@ -42,6 +42,8 @@ from cosal_cli.training.sampler import (
 
 from .conftest import REPO, SHIPPED_MANIFEST
 
+SHIPPED_SOD_HEAD = REPO / "cosal_cli" / "weights" / "sod-head.safetensors"
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -926,6 +928,45 @@ def test_cli_interrupt_refusals_and_resume(toy, uninterrupted, tmp_path, monkeyp
 
     result = cli_train(toy, output.with_name("fresh.safetensors"), *CLI_OPTIONS, "--resume")
     assert result.exit_code == 2 and "no checkpoint" in result.stderr, result.output
+
+
+@pytest.mark.weights
+def test_init_fine_tunes_a_given_head_or_component_and_records_it(toy, uninterrupted, tmp_path, small_validation):
+    # With --lr 0 the kept head is exactly the one it started from, which the seeded start is not.
+    start = uninterrupted["output"]
+    options = [*CLI_OPTIONS, "--lr", "0", "--epochs", "1"]
+    result = cli_train(toy, tmp_path / "tuned.safetensors", *options, "--init", str(start))
+    assert result.exit_code == 0, result.output
+    assert_same_tensors(head_tensors(tmp_path / "tuned.safetensors"), head_tensors(start))
+    init = load_tensors(tmp_path / "tuned.safetensors").metadata["training"]["init"]
+    assert init == {"from": str(start), "sha256": hashlib.sha256(start.read_bytes()).hexdigest(),
+                    "kept": uninterrupted["metadata"]["validation"]["kept"]}  # fmt: skip
+    result = cli_train(toy, tmp_path / "seeded.safetensors", *options)
+    assert result.exit_code == 0, result.output
+    seeded = head_tensors(tmp_path / "seeded.safetensors")
+    assert any(not torch.equal(seeded[name], value) for name, value in head_tensors(start).items())
+    assert "init" not in load_tensors(tmp_path / "seeded.safetensors").metadata["training"]
+
+    # A component id resolves through the hub (the bundled sod-head, verified).
+    result = cli_train(toy, tmp_path / "bundled.safetensors", *options, "--init", "sod-head")
+    assert result.exit_code == 0, result.output
+    assert_same_tensors(head_tensors(tmp_path / "bundled.safetensors"), head_tensors(SHIPPED_SOD_HEAD))
+
+
+@pytest.mark.weights
+def test_init_refuses_a_missing_file_or_another_methods_or_configs_head(toy, real_weights, tmp_path):
+    real_weights("vgg16-imagenet")
+    head = load_tensors(SHIPPED_SOD_HEAD)
+    metadata = {key: value for key, value in head.metadata.items() if key != "format"}
+    other_method, other_config = tmp_path / "gicd.safetensors", tmp_path / "narrow.safetensors"
+    save_head(other_method, head.tensors, {**metadata, "method": "gicd"})
+    save_head(other_config, head.tensors, {**metadata, "config": {"channels": 32}})
+    for init, expected in [(tmp_path / "missing.safetensors", "no such head file"), (other_method, "'gicd'"),
+                           (other_config, "'channels': 32"), ("no-such-component", "unknown weight component")]:
+        result = cli_train(toy, tmp_path / "head.safetensors", *CLI_OPTIONS, "--init", str(init))
+        message = " ".join(result.stderr.split())
+        assert result.exit_code == 2 and expected in message and str(init) in message, result.output
+    assert not (tmp_path / "head.safetensors").exists()
 
 
 def test_cli_refuses_bad_train_options_before_loading_anything(toy, tmp_path):

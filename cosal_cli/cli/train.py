@@ -76,6 +76,10 @@ def train(
                                      ".safetensors); a matching cache is reused.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the head's initialisation and of every batch.")] = 0,
+    init: Annotated[
+        Optional[str], typer.Option("--init", metavar="HEAD", help="Fine-tune this head (a .safetensors file, or a "
+                                    "component such as icnet-head) instead of starting from a seeded one.")
+    ] = None,
     sism: Annotated[
         Optional[str],
         typer.Option("--sism", help="ICNet: the SISM generator to train with (sod or gmr); use the same one at test "
@@ -137,7 +141,7 @@ def train(
         method=method, data=list(data), split=load_split(split), output=output, epochs=epochs, lr=lr,
         sampler=sampler, val_limit=val_limit, per_group=per_group, checkpoint_every=checkpoint_every, device=device,
         precision=precision, resume=resume, offline=hub.offline_mode(offline),
-        config=_config(sism, branches, co_category, pooling), cache_views=cache_views, cache_dir=cache_dir,
+        config=_config(sism, branches, co_category, pooling), cache_views=cache_views, cache_dir=cache_dir, init=init,
     )  # fmt: skip
     with progress_bar(quiet, None, TRAIN_COLUMNS) as progress:
         metadata = run_training(settings, _TrainConsoleReporter(progress, quiet))

@@ -1,4 +1,5 @@
-"""Training checkpoints: the head, the optimiser state and the loop position, in safetensors (never pickle).
+"""Where a training run starts: its checkpoint (head, optimiser state, loop position; safetensors, never
+pickle), or with ``--init`` an existing head to fine-tune.
 
 A checkpoint carries the fingerprint of the run that wrote it (``TrainSettings.fingerprint``); it is
 resumed only by a run with the same settings, so a resumed run ends exactly where an uninterrupted
@@ -10,12 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from cosal_cli.errors import UsageError
-from cosal_cli.models.heads import load_tensors, save_tensors
+from cosal_cli.hub import sha256_file
+from cosal_cli.models.heads import load_head, load_tensors, save_tensors
 
 CHECKPOINT_FORMAT = "cosal-train-checkpoint/1"
 
@@ -76,3 +79,32 @@ def load_checkpoint(settings, network, optimiser, notice: Callable[[str], None])
     state = LoopState(**saved.metadata["state"])
     notice(f"resuming {path}: epoch {state.epoch + 1}, batch {state.batch}, {state.step} steps done")
     return state
+
+
+def load_initial_head(settings, network, hub, backbone) -> dict[str, Any] | None:
+    """--init: fine-tune an existing head (a file, or a component such as the bundled icnet-head).
+
+    The head must be the same method's, for the same backbone and with the same config, so that the
+    result is still the head this run would have built; what it started from goes into the metadata.
+    """
+    if settings.init is None:
+        return None
+    path = Path(settings.init)
+    if path.suffix != ".safetensors" and not path.exists():
+        path = hub.resolve(settings.init, offline=settings.offline)  # a component id: its sha256 is verified
+    elif not path.is_file():
+        raise UsageError(f"--init {settings.init}: no such head file (give a .safetensors head or a component id)")
+    try:
+        head = load_head(path, settings.method)
+    except ValueError as exc:
+        raise UsageError(f"--init {settings.init}: {exc}") from None
+    trained_for = head.metadata.get("backbone", {}).get("sha256")
+    if trained_for != backbone.sha256:
+        raise UsageError(f"--init {settings.init} was trained on another backbone than {backbone.id} ({trained_for})")
+    if head.config != dict(network.config):
+        raise UsageError(
+            f"--init {settings.init} has config {head.config}, this run builds {dict(network.config)}: "
+            "pass the same method flags (for example --sism)"
+        )
+    network.head.load_state_dict(head.tensors, strict=True)
+    return {"from": settings.init, "sha256": sha256_file(path), "kept": head.metadata.get("validation", {}).get("kept")}

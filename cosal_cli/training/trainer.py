@@ -35,7 +35,7 @@ from cosal_cli.methods.loader import PRECISIONS
 from cosal_cli.models.heads import load_tensors, save_head, save_tensors
 from cosal_cli.splits import Split
 from cosal_cli.training import cache, co_category
-from cosal_cli.training.checkpoints import LoopState, load_checkpoint, save_checkpoint
+from cosal_cli.training.checkpoints import LoopState, load_checkpoint, load_initial_head, save_checkpoint
 from cosal_cli.training.co_category import CoCategoryTargets
 from cosal_cli.training.losses import LOSSES
 from cosal_cli.training.sampler import SamplerSettings, TrainImage, by_group
@@ -63,6 +63,7 @@ class TrainSettings:
     config: dict[str, Any] = field(default_factory=dict)  # the head's hyper-parameters (icnet: {"sism": ...})
     cache_views: int = 0  # > 0: train from that many cached views per image (training/cache.py)
     cache_dir: Path | None = None  # where the feature cache lives (default: next to the output)
+    init: str | None = None  # a head file or bundled component to start from, instead of the seeded initialisation
 
     @property
     def checkpoint(self) -> Path:
@@ -85,6 +86,7 @@ class TrainSettings:
             "per_group": self.per_group,
             "config": self.config,
             "cache_views": self.cache_views,
+            "init": self.init,
         }
 
 
@@ -169,6 +171,7 @@ def train(settings: TrainSettings, reporter: TrainReporter) -> dict[str, Any]:
     torch.manual_seed(settings.sampler.seed)  # the head's initialisation
     network = method_class.build_network(hub.resolve(backbone_id, offline=settings.offline), _network_config(
         method_class, settings, categories))  # fmt: skip
+    initial = load_initial_head(settings, network, hub, backbone)
     network = network.to(device)
     method_class.prepare_training(network, device, settings.offline)
     head = list(network.head.parameters())
@@ -206,15 +209,17 @@ def train(settings: TrainSettings, reporter: TrainReporter) -> dict[str, Any]:
         save_checkpoint(settings, network, optimiser, state)
         reporter.notice(f"interrupted; saved {settings.checkpoint}: run the same command with --resume to continue")
         raise
-    return _finalise(settings, state)
+    return _finalise(settings, state, initial)
 
 
-def _finalise(settings: TrainSettings, state: LoopState) -> dict[str, Any]:
+def _finalise(settings: TrainSettings, state: LoopState, initial: dict[str, Any] | None) -> dict[str, Any]:
     """Record the whole validation history in the kept head (it was saved before the later epochs ran)."""
     head = load_tensors(settings.output)
     metadata = dict(head.metadata)
     metadata["validation"] = {**metadata["validation"], "history": state.history}
     metadata["training"] = {**metadata["training"], "epochs_run": state.epoch, "seconds_total": round(state.seconds, 1)}
+    if initial is not None:
+        metadata["training"]["init"] = initial
     save_tensors(settings.output, head.tensors, metadata)
     return metadata
 
