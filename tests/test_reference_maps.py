@@ -3,7 +3,8 @@
 ``tests/data/reference_maps/<method>/`` holds what ``cosal detect examples/Image/cat -m <method>`` wrote
 before the throughput work (commit 45162bc: NCHW convolutions, a second encoder pass for groups larger
 than a chunk). Faster paths (channels-last memory order, encoder outputs kept between passes) must
-stay within 1/255 of them.
+stay within 1/255 of them. A method whose shipped head changes gets new references, written by the same
+command with the new head (``icnet``: its ``shared-v2`` head, issue 15).
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ import hashlib
 import json
 import math
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -1021,3 +1023,37 @@ def test_cli_trains_a_gicd_head_that_gicd_then_loads(toy, real_weights, tmp_path
     masks = torch.stack([torch.from_numpy(np.array(Image.open(p))) > 127
                          for p in sorted((toy["data"] / "GroundTruth" / "c").glob("*.png"))])  # fmt: skip
     assert maps[masks].mean() > maps[~masks].mean() + 0.2, (maps[masks].mean(), maps[~masks].mean())
+
+
+def _head(tmp_path: Path, name: str, value: float, **metadata) -> Path:
+    path = tmp_path / name
+    tensors = {"conv.weight": torch.full((2, 3), value), "bn.num_batches_tracked": torch.tensor(int(value * 10))}
+    save_head(path, tensors, {"method": "sod", "config": {"channels": 64}, "backbone": {"sha256": "b"},
+                              "training": {"lr": value}, **metadata})  # fmt: skip
+    return path
+
+
+def test_interpolate_heads_averages_the_weights_and_records_both_parents(tmp_path):
+    start, tuned = _head(tmp_path, "start.safetensors", 1.0), _head(tmp_path, "tuned.safetensors", 3.0)
+    output = tmp_path / "mixed.safetensors"
+    script = REPO / "training" / "interpolate_heads.py"
+    run = subprocess.run([sys.executable, str(script), str(start), str(tuned), "--alpha", "0.25", "-o", str(output)],
+                         capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    head = load_tensors(output)
+    assert torch.equal(head.tensors["conv.weight"], torch.full((2, 3), 1.5))  # 0.75 x 1 + 0.25 x 3
+    assert head.tensors["bn.num_batches_tracked"].item() == 30  # integers are the tuned head's
+    assert head.metadata["format"] == HEAD_FORMAT and head.metadata["training"] == {"lr": 3.0}
+    assert head.metadata["interpolation"] == {
+        "alpha": 0.25,
+        "start": {"file": "start.safetensors", "sha256": hashlib.sha256(start.read_bytes()).hexdigest()},
+        "tuned": {"file": "tuned.safetensors", "sha256": hashlib.sha256(tuned.read_bytes()).hexdigest()},
+    }
+
+    other = _head(tmp_path, "other.safetensors", 3.0, config={"channels": 32})
+    for args, expected in [([str(start), str(other), "--alpha", "0.5"], "differ in config"),
+                           ([str(start), str(tuned), "--alpha", "1.5"], "alpha must be in [0, 1]")]:  # fmt: skip
+        run = subprocess.run([sys.executable, str(script), *args, "-o", str(tmp_path / "bad.safetensors")],
+                             capture_output=True, text=True)  # fmt: skip
+        assert run.returncode == 2 and expected in run.stderr, run.stderr
+    assert not (tmp_path / "bad.safetensors").exists()

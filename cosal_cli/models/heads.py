@@ -109,3 +109,28 @@ def bilinear_kernel(size: int) -> torch.Tensor:
     centre = factor - 1 if size % 2 == 1 else factor - 0.5
     ramp = 1 - (torch.arange(size, dtype=torch.float32) - centre).abs() / factor
     return (ramp[:, None] * ramp[None, :])[None, None]
+
+
+def interpolate_heads(start: Head, tuned: Head, alpha: float, sources: tuple[Any, Any]) -> Head:
+    """WiSE-FT (Wortsman et al., CVPR 2022): ``(1 - alpha) * start + alpha * tuned``, weight by weight.
+
+    ``tuned`` must be ``start`` fine-tuned (``cosal train --init``): the same method, backbone, config and
+    tensors, so that the average of the two is a head of the same network. The result keeps ``tuned``'s
+    metadata (its training and validation describe the fine-tuning, not the average, which is unvalidated)
+    and records the interpolation: ``alpha`` and where the two heads came from (``sources``, in order).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], not {alpha}")
+    for key in ("method", "config", "backbone"):
+        if start.metadata.get(key) != tuned.metadata.get(key):
+            raise ValueError(f"the heads differ in {key}: {start.metadata.get(key)} against {tuned.metadata.get(key)}")
+    shapes = {name: tuple(tensor.shape) for name, tensor in start.tensors.items()}
+    if shapes != {name: tuple(tensor.shape) for name, tensor in tuned.tensors.items()}:
+        raise ValueError("the heads' tensors differ in names or shapes")
+    tensors = {
+        name: ((1.0 - alpha) * value.double() + alpha * tuned.tensors[name].double()).to(value.dtype)
+        if value.is_floating_point() else tuned.tensors[name]
+        for name, value in start.tensors.items()
+    }  # fmt: skip
+    metadata = {**tuned.metadata, "interpolation": {"alpha": alpha, "start": sources[0], "tuned": sources[1]}}
+    return Head(tensors, metadata)
