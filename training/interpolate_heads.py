@@ -24,17 +24,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, required=True, help="weight of TUNED, in [0, 1]")
     parser.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args(argv)
-    method = load_tensors(args.tuned).metadata.get("method")
     try:
-        start, tuned = load_head(args.start, method), load_head(args.tuned, method)
-        sources = [{"file": path.name, "sha256": sha256_file(path)} for path in (args.start, args.tuned)]
-        head = interpolate_heads(start, tuned, args.alpha, (sources[0], sources[1]))
+        tuned = load_tensors(args.tuned)
+        # START must be a cosal head of TUNED's method; interpolate_heads checks that TUNED matches it
+        start = load_head(args.start, tuned.metadata.get("method"))
+        sources = tuple({"file": path.name, "sha256": sha256_file(path)} for path in (args.start, args.tuned))
+        head = interpolate_heads(start, tuned, args.alpha, sources)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     save_tensors(args.output, head.tensors, head.metadata)
     weights = f"{1 - args.alpha:g} x {args.start.name} + {args.alpha:g} x {args.tuned.name}"
-    print(f"wrote {args.output}: {method} head, {weights}")
+    print(f"wrote {args.output}: {head.metadata['method']} head, {weights}")
     return 0
 
 

@@ -114,14 +114,14 @@ def bilinear_kernel(size: int) -> torch.Tensor:
 def interpolate_heads(start: Head, tuned: Head, alpha: float, sources: tuple[Any, Any]) -> Head:
     """WiSE-FT (Wortsman et al., CVPR 2022): ``(1 - alpha) * start + alpha * tuned``, weight by weight.
 
-    ``tuned`` must be ``start`` fine-tuned (``cosal train --init``): the same method, backbone, config and
-    tensors, so that the average of the two is a head of the same network. The result keeps ``tuned``'s
+    ``tuned`` must be ``start`` fine-tuned (``cosal train --init``): the same format, method, backbone,
+    config and tensors, so that the average of the two is a head of the same network. The result keeps ``tuned``'s
     metadata (its training and validation describe the fine-tuning, not the average, which is unvalidated)
     and records the interpolation: ``alpha`` and where the two heads came from (``sources``, in order).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], not {alpha}")
-    for key in ("method", "config", "backbone"):
+    for key in ("format", "method", "config", "backbone"):
         if start.metadata.get(key) != tuned.metadata.get(key):
             raise ValueError(f"the heads differ in {key}: {start.metadata.get(key)} against {tuned.metadata.get(key)}")
     shapes = {name: tuple(tensor.shape) for name, tensor in start.tensors.items()}
