@@ -4,7 +4,8 @@
 before the throughput work (commit 45162bc: NCHW convolutions, a second encoder pass for groups larger
 than a chunk). Faster paths (channels-last memory order, encoder outputs kept between passes) must
 stay within 1/255 of them. A method whose shipped head changes gets new references, written by the same
-command with the new head (``icnet``: its ``shared-v2`` head, issue 15).
+command with the new head (``sod`` and ``icnet``: their ``shared-v2`` heads, issue 15; ``icnet``'s
+references also follow ``sod``'s, whose maps are its SISMs).
 """
 
 from __future__ import annotations
