@@ -94,7 +94,9 @@ def table(name: str, mixed: Scored, plain: Scored, temperature: float) -> list[t
     return rows
 
 
-def tune(tuning, temperatures: list[float], max_lost: float) -> tuple[float, float, float] | None:
+def tune(
+    tuning: tuple[Scored, Scored], temperatures: list[float], max_lost: float
+) -> tuple[float, float, float] | None:
     """(ratio, temperature, offset) with the lowest tuning ratio among each temperature's smallest offset
     that loses at most ``max_lost`` of the objects without outsiders; None if no pair does."""
     choices = []
@@ -102,7 +104,8 @@ def tune(tuning, temperatures: list[float], max_lost: float) -> tuple[float, flo
         rows = table(f"tuning, temperature {temperature}", *tuning, temperature)
         tuned = next(((ratio, temperature, offset) for offset, ratio, lost in rows if lost <= max_lost), None)
         print(f"temperature {temperature}: tuned offset {tuned[2] if tuned else None}")
-        choices += [tuned] if tuned else []
+        if tuned:
+            choices.append(tuned)
     return min(choices, default=None)
 
 
