@@ -2,17 +2,20 @@
 
     python benchmarks/make_outsiders.py --data ../shared/data --split training/splits/shared-v2.yaml \
         --output eval/outsiders-train --part training --per-group 40
-    python benchmarks/tune_membership.py eval/outsiders-train -m gicd [--report eval/outsiders] [--max-lost 0.01]
+    python benchmarks/tune_membership.py eval/outsiders-train -m gicd --similarities 0 5 10 20 \
+        [--report eval/outsiders] [--max-lost 0.01]
 
 Dimming has a price: a dimmed in-group map may no longer reach 0.5, so its object is lost to a user
 who thresholds there ("lost", as in ``heldout_report.py``), and groups *without* outsiders pay it too.
-So for each temperature (``--temperatures``, the shipped one by default) the offset is the smallest (in
-steps of 0.25 nats) that loses at most ``--max-lost`` of the objects in the tuning set's groups with
-their outsiders taken out; the table shows, for every offset, the outsider / in-group map ratio with
-outsiders and the lost share without them. Of those (temperature, offset) pairs the one with the lowest
-outsider ratio is chosen (measured for ``icnet``'s step-1 head: 0.25 and 0.5 both tune to offset 4.0, and the
-sharper sigmoid gives no lower ratio, so the shipped 0.5 stays). ``--report`` prints the same tables for
-another set (the held-out outsiders): it is never tuned on.
+So for each temperature (``--temperatures``) and weight of the logit similarity (``--similarities``; the
+shipped ones by default) the offset is the smallest (in steps of 0.25 nats) that loses at most
+``--max-lost`` of the objects in the tuning set's groups with their outsiders taken out; the table
+shows, for every offset, the outsider / in-group map ratio with outsiders and the lost share without
+them. Of those choices the one with the lowest outsider ratio wins (measured for ``icnet``'s step-1 head:
+temperatures 0.25 and 0.5 both tune to offset 4.0, and the sharper sigmoid gives no lower ratio, so 0.5
+stays; ``--similarities 0 5 10 20`` chose 20, offset 9.5, for both methods). ``--report`` prints the same
+tables for another set (the held-out outsiders), for the winner and the shipped choice, and one summary
+line for every choice: it is never tuned on.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,20 +34,24 @@ import cosal_cli
 from cosal_cli.inference import prepare_images
 from cosal_cli.io import load_grey, load_rgb
 from cosal_cli.methods.loader import load_method
-from cosal_cli.models.membership import Membership, consensus_of, relative_agreement
+from cosal_cli.models.membership import Membership, consensus_of
 
-OFFSETS = np.arange(2.0, 7.01, 0.25)
+OFFSETS = np.arange(2.0, 16.01, 0.25)
 
 
 @dataclass
 class Scored:
-    """Per image of a set of groups: agreement relative to its group's median, outsider?, map max and mean."""
+    """Per image of a set of groups: outsider?, map max and mean, object?; per group its ImageNet logits."""
 
-    relative: np.ndarray
+    logits: list[torch.Tensor]
     outsider: np.ndarray
     peak: np.ndarray
     mean: np.ndarray
     has_object: np.ndarray
+
+    def weights(self, membership: Membership) -> np.ndarray:
+        """Every image's dimming weight, computed group by group as the methods do."""
+        return torch.cat([membership.weights(logits, consensus_of(logits)) for logits in self.logits]).numpy()
 
     def ratio(self, weights: np.ndarray) -> float:
         dimmed = weights * self.mean
@@ -55,20 +62,21 @@ class Scored:
 
 
 def score(network, detector, groups: dict[str, list], outsiders: set[str]) -> Scored:
-    columns: dict[str, list] = {name: [] for name in ("relative", "outsider", "peak", "mean", "has_object")}
+    columns: dict[str, list] = {name: [] for name in ("logits", "outsider", "peak", "mean", "has_object")}
     for group, pairs in sorted(groups.items()):
         pixels = prepare_images([load_rgb(image).rgb for image, _ in pairs], pairs, detector.input_size).pixels
         images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0  # the inference path's input
         with torch.no_grad():
             logits = torch.cat([network.logits(network.encode(part)[1]) for part in images.split(16)])
-        columns["relative"] += relative_agreement(logits, consensus_of(logits)).tolist()
+        columns["logits"].append(logits)
         for (image, mask), values in zip(pairs, detector.predict([image for image, _ in pairs], name=group)):
             rounded = np.rint(values * 255.0)
             columns["peak"].append(rounded.max())
             columns["mean"].append(rounded.mean())
             columns["has_object"].append(load_grey(mask).max() > 127)
             columns["outsider"].append(f"{group}/{image.stem}" in outsiders)
-    return Scored(**{name: np.array(values) for name, values in columns.items()})
+    arrays = {name: np.array(values) for name, values in columns.items() if name != "logits"}
+    return Scored(logits=columns["logits"], **arrays)
 
 
 def with_and_without_outsiders(network, detector, root: Path) -> tuple[Scored, Scored]:
@@ -80,33 +88,42 @@ def with_and_without_outsiders(network, detector, root: Path) -> tuple[Scored, S
     return score(network, detector, groups, outsiders), score(network, detector, plain, set())
 
 
-def table(name: str, mixed: Scored, plain: Scored, temperature: float) -> list[tuple[float, float, float]]:
+def table(name: str, mixed: Scored, plain: Scored, shape: Membership) -> list[tuple[Membership, float, float]]:
+    """For every offset, with ``shape``'s temperature and similarity: (membership, ratio, lost without)."""
     rows = []
     undimmed, plain_undimmed = np.ones_like(mixed.peak), np.ones_like(plain.peak)
     print(f"{name}: offset | outsider ratio | lost with outsiders | lost without")
     print(f"  none | {mixed.ratio(undimmed):.3f} | {mixed.lost(undimmed):.3f} | {plain.lost(plain_undimmed):.3f}")
     for offset in OFFSETS:
-        membership = Membership(offset=float(offset), temperature=temperature)
-        weights_mixed = membership.weights_of_relative(torch.from_numpy(mixed.relative)).numpy()
-        weights_plain = membership.weights_of_relative(torch.from_numpy(plain.relative)).numpy()
-        rows.append((float(offset), mixed.ratio(weights_mixed), plain.lost(weights_plain)))
+        membership = replace(shape, offset=float(offset))
+        weights_mixed, weights_plain = mixed.weights(membership), plain.weights(membership)
+        rows.append((membership, mixed.ratio(weights_mixed), plain.lost(weights_plain)))
         print(f"  {offset:.2f} | {rows[-1][1]:.3f} | {mixed.lost(weights_mixed):.3f} | {rows[-1][2]:.3f}")
     return rows
 
 
-def tune(
-    tuning: tuple[Scored, Scored], temperatures: list[float], max_lost: float
-) -> tuple[float, float, float] | None:
-    """(ratio, temperature, offset) with the lowest tuning ratio among each temperature's smallest offset
-    that loses at most ``max_lost`` of the objects without outsiders; None if no pair does."""
+def tune(tuning: tuple[Scored, Scored], shapes: list[Membership], max_lost: float) -> list[tuple[Membership, float]]:
+    """Each shape's smallest offset that loses at most ``max_lost`` of the objects without outsiders, with
+    its tuning ratio, lowest ratio first (a shape that never gets there is left out)."""
     choices = []
-    for temperature in temperatures:
-        rows = table(f"tuning, temperature {temperature}", *tuning, temperature)
-        tuned = next(((ratio, temperature, offset) for offset, ratio, lost in rows if lost <= max_lost), None)
-        print(f"temperature {temperature}: tuned offset {tuned[2] if tuned else None}")
+    for shape in shapes:
+        label = f"temperature {shape.temperature}, similarity {shape.similarity}"
+        rows = table(f"tuning, {label}", *tuning, shape)
+        tuned = next(((membership, ratio) for membership, ratio, lost in rows if lost <= max_lost), None)
+        print(f"{label}: tuned offset {tuned[0].offset if tuned else None}")
         if tuned:
             choices.append(tuned)
-    return min(choices, default=None)
+    return sorted(choices, key=lambda choice: choice[1])
+
+
+def summary(report: tuple[Scored, Scored], memberships: list[Membership]) -> None:
+    """One line per membership on the report set: outsider ratio, lost with and without outsiders."""
+    mixed, plain = report
+    print("report: membership | outsider ratio | lost with outsiders | lost without")
+    for membership in memberships:
+        weights_mixed = mixed.weights(membership)
+        ratio, lost = mixed.ratio(weights_mixed), mixed.lost(weights_mixed)
+        print(f"  {membership} | {ratio:.3f} | {lost:.3f} | {plain.lost(plain.weights(membership)):.3f}")
 
 
 def main() -> None:
@@ -116,20 +133,27 @@ def main() -> None:
     parser.add_argument("--report", type=Path, help="outsider set to report on (never tuned on)")
     parser.add_argument("--max-lost", type=float, default=0.01, help="objects allowed lost without outsiders")
     parser.add_argument("--temperatures", type=float, nargs="+", help="temperatures to try (default: the shipped one)")
+    parser.add_argument(
+        "--similarities", type=float, nargs="+", help="logit similarity weights to try (default: the shipped one)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     shipped = importlib.import_module(f"cosal_cli.methods.{args.method}").MEMBERSHIP
     network = load_method("gicd", torch.device("cpu"), offline=True).network  # Lite0, the classifier of both
     detector = cosal_cli.load(args.method, device="cpu", offline=True, outsiders="keep")
-    temperatures = args.temperatures or [shipped.temperature]
-    best = tune(with_and_without_outsiders(network, detector, args.tuning), temperatures, args.max_lost)
-    chosen = f"offset {best[2]}, temperature {best[1]} (tuning ratio {best[0]:.3f})" if best else "none"
+    shapes = [replace(shipped, temperature=temperature, similarity=similarity)
+              for temperature in args.temperatures or [shipped.temperature]
+              for similarity in args.similarities or [shipped.similarity]]  # fmt: skip
+    choices = tune(with_and_without_outsiders(network, detector, args.tuning), shapes, args.max_lost)
+    chosen = f"{choices[0][0]} (tuning ratio {choices[0][1]:.3f})" if choices else "none"
     print(f"{args.method}: tuned {chosen}; shipped: {shipped}")
     if args.report:
         report = with_and_without_outsiders(network, detector, args.report)
-        for temperature in temperatures:
-            table(f"report, temperature {temperature}", *report, temperature)
+        memberships = list(dict.fromkeys([membership for membership, _ in choices] + [shipped]))
+        for membership in memberships[:1] + [shipped]:
+            table(f"report, {membership}", *report, membership)
+        summary(report, memberships)
 
 
 if __name__ == "__main__":

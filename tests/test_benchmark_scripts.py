@@ -1,4 +1,4 @@
-"""The CPU-only parts of the throughput and GPU checks (benchmarks/throughput.py, overlapped_io.py, gpu_check.sh)."""
+"""The CPU-only parts of the benchmark scripts (throughput.py, overlapped_io.py, gpu_check.sh, tune_membership.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
+
+from cosal_cli.models.membership import Membership
 
 from .conftest import REPO
 
@@ -65,3 +69,34 @@ def test_the_gpu_check_says_there_is_no_cuda_and_writes_its_result_file(tmp_path
     assert text.startswith("cosal gpu_check ") and "no CUDA device visible" in text
     assert (home / "weights" / "abc.safetensors").read_bytes() == weights
     assert [path.name for path in (home / "weights").iterdir()] == ["abc.safetensors"]
+
+
+def _scored_group(tune_membership, with_outsider: bool):
+    """One cat group's Scored: six alike images (one a little less sure of the cat, its map barely above
+    0.5) and, optionally, an outsider whose logits hold the same values on unrelated classes."""
+    generator = torch.Generator().manual_seed(0)
+    profile = 2.0 * torch.randn(1000, generator=generator)
+    logits = profile + 0.1 * torch.randn(7, 1000, generator=generator)
+    logits[6] = profile[torch.randperm(1000, generator=generator)]
+    logits[:, 281] = 12.0
+    logits[5, 281] = 9.0  # about 3 nats of agreement below the median image
+    peak = np.array([230.0] * 5 + [140.0, 200.0])
+    keep = slice(None) if with_outsider else slice(0, 6)
+    outsider = np.array([False] * 6 + [True])
+    return tune_membership.Scored(logits=[logits[keep]], outsider=outsider[keep], peak=peak[keep],
+                                  mean=np.full(7, 40.0)[keep], has_object=~outsider[keep])  # fmt: skip
+
+
+def test_tune_membership_takes_each_shapes_smallest_safe_offset_and_the_lowest_ratio(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import tune_membership
+
+    tuning = (_scored_group(tune_membership, True), _scored_group(tune_membership, False))
+    shapes = [Membership(0.0, 0.5, 0.0), Membership(0.0, 0.5, 20.0)]
+    choices = tune_membership.tune(tuning, shapes, max_lost=0.01)
+    (best, best_ratio), (other, other_ratio) = choices
+    assert best.similarity == 20.0 and best_ratio < 0.1 < 0.9 < other_ratio  # the agreement cannot see it
+    for membership in (best, other):  # the smallest offset that keeps the unsure cat's map above 0.5
+        assert tuning[1].lost(tuning[1].weights(membership)) == 0.0
+        lower = replace(membership, offset=membership.offset - 0.25)
+        assert tuning[1].lost(tuning[1].weights(lower)) > 0.01

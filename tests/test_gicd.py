@@ -269,6 +269,26 @@ def test_membership_never_dims_the_typical_image_and_dims_one_that_disagrees():
     assert float(membership.weights(logits[4:], consensus)[0]) == 1.0
 
 
+def test_membership_similarity_dims_an_image_whose_classes_differ_at_equal_agreement():
+    from cosal_cli.models.membership import Membership, consensus_of
+
+    generator = torch.Generator().manual_seed(0)
+    profile = 2.0 * torch.randn(1000, generator=generator)  # the group's other classes (a cat's: lynx, fox...)
+    logits = profile + 0.1 * torch.randn(6, 1000, generator=generator)
+    logits[5] = profile[torch.randperm(1000, generator=generator)]  # the same values on unrelated classes
+    logits[:, 281] = 12.0  # everyone's top class: the agreement alone cannot tell the last image apart
+    consensus = consensus_of(logits)
+    agreement_only = Membership(offset=4.0, temperature=0.5).weights(logits, consensus)
+    with_similarity = Membership(offset=4.0, temperature=0.5, similarity=20.0).weights(logits, consensus)
+    assert float(agreement_only.min()) > 0.9
+    assert float(with_similarity[5]) < 0.01 and float(with_similarity[:5].min()) > 0.9
+    # bf16 logits (autocast) give the weights of their float32 values
+    torch.testing.assert_close(
+        Membership(4.0, 0.5, 20.0).weights(logits.bfloat16(), consensus),
+        Membership(4.0, 0.5, 20.0).weights(logits.bfloat16().float(), consensus),
+    )
+
+
 # -- the GIM's gradient written out (no autograd) -----------------------------------------------------
 
 

@@ -21,9 +21,10 @@ from cosal_cli.models.efficientnet_lite import EfficientNetLite0
 from cosal_cli.models.gicd_lite import GicdLite
 from cosal_cli.models.membership import Membership, consensus_of
 
-#: Tuned on groups of shared-v2 *training* images (benchmarks/tune_membership.py, README "Outsiders"): the
-#: smallest offset with which at most 1 % of their objects (groups without outsiders) fall below 0.5.
-MEMBERSHIP = Membership(offset=4.0, temperature=0.5)
+#: Tuned on groups of shared-v2 *training* images (benchmarks/tune_membership.py --similarities 0 5 10 20,
+#: README "Outsiders"): of each similarity's smallest offset with which at most 1 % of their objects (groups
+#: without outsiders) fall below 0.5, the one with the lowest outsider ratio.
+MEMBERSHIP = Membership(offset=9.5, temperature=0.5, similarity=20.0)
 
 
 class Method(base.TrainableMethod):

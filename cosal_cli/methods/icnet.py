@@ -9,8 +9,8 @@ is to use the same SISM generator at training and test time, so that generator i
 
 cosal's addition: ICNet has no ImageNet classifier, so it cannot tell an image that does not show the
 group's object; the frozen EfficientNet-Lite0 classifier (``gicd``'s) gives each image's agreement
-with the group's consensus and dims the maps of those that disagree (:mod:`cosal_cli.models.membership`,
-``--outsiders keep`` turns it off).
+with the group's consensus and the similarity of its logits to the group's, and dims the maps of those
+that disagree (:mod:`cosal_cli.models.membership`, ``--outsiders keep`` turns it off).
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ from cosal_cli.models.icnet import IcnetHead, IcnetNetwork
 from cosal_cli.models.membership import Membership, group_weights
 from cosal_cli.models.vgg import VGG16Features
 
-#: Tuned as gicd's (benchmarks/tune_membership.py -m icnet, on groups of shared-v2 training images): the
-#: smallest offset with which at most 1 % of their objects (groups without outsiders) fall below 0.5.
-MEMBERSHIP = Membership(offset=4.0, temperature=0.5)
+#: Tuned as gicd's (benchmarks/tune_membership.py -m icnet --similarities 0 5 10 20, on groups of shared-v2
+#: training images): of each similarity's smallest offset with which at most 1 % of their objects (groups
+#: without outsiders) fall below 0.5, the one with the lowest outsider ratio.
+MEMBERSHIP = Membership(offset=9.5, temperature=0.5, similarity=20.0)
 
 
 class Method(IcnetGraphs, base.TrainableMethod):
