@@ -15,7 +15,7 @@ them. Of those choices the one with the lowest outsider ratio wins (measured for
 temperatures 0.25 and 0.5 both tune to offset 4.0, and the sharper sigmoid gives no lower ratio, so 0.5
 stays; ``--similarities 0 5 10 20`` chose 20, offset 9.5, for both methods). ``--report`` prints the same
 tables for another set (the held-out outsiders), for the winner and the shipped choice, and one summary
-line for every choice: it is never tuned on.
+line for every choice, with the AUC of its score (in-group images against outsiders): it is never tuned on.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from heldout_report import folder_groups
+from scipy.stats import rankdata
 
 import cosal_cli
 from cosal_cli.inference import prepare_images
@@ -116,14 +117,23 @@ def tune(tuning: tuple[Scored, Scored], shapes: list[Membership], max_lost: floa
     return sorted(choices, key=lambda choice: choice[1])
 
 
+def separation(scored: Scored, membership: Membership) -> float:
+    """AUC of the score relative to each group's median: the chance that an in-group image scores above
+    an outsider (ties count half), from the Mann-Whitney rank sum."""
+    relative = torch.cat([membership.relative(logits, consensus_of(logits)) for logits in scored.logits]).numpy()
+    ranks = rankdata(relative)
+    inside, outside = int((~scored.outsider).sum()), int(scored.outsider.sum())
+    return float((ranks[~scored.outsider].sum() - inside * (inside + 1) / 2) / (inside * outside))
+
+
 def summary(report: tuple[Scored, Scored], memberships: list[Membership]) -> None:
-    """One line per membership on the report set: outsider ratio, lost with and without outsiders."""
+    """One line per membership on the report set: AUC, outsider ratio, lost with and without outsiders."""
     mixed, plain = report
-    print("report: membership | outsider ratio | lost with outsiders | lost without")
+    print("report: membership | AUC | outsider ratio | lost with outsiders | lost without")
     for membership in memberships:
         weights_mixed = mixed.weights(membership)
-        ratio, lost = mixed.ratio(weights_mixed), mixed.lost(weights_mixed)
-        print(f"  {membership} | {ratio:.3f} | {lost:.3f} | {plain.lost(plain.weights(membership)):.3f}")
+        ratio, lost, auc = mixed.ratio(weights_mixed), mixed.lost(weights_mixed), separation(mixed, membership)
+        print(f"  {membership} | {auc:.3f} | {ratio:.3f} | {lost:.3f} | {plain.lost(plain.weights(membership)):.3f}")
 
 
 def main() -> None:

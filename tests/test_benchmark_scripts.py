@@ -96,6 +96,9 @@ def test_tune_membership_takes_each_shapes_smallest_safe_offset_and_the_lowest_r
     choices = tune_membership.tune(tuning, shapes, max_lost=0.01)
     (best, best_ratio), (other, other_ratio) = choices
     assert best.similarity == 20.0 and best_ratio < 0.1 < 0.9 < other_ratio  # the agreement cannot see it
+    # the outsider scores below every cat with the similarity, above the unsure cat without it
+    assert tune_membership.separation(tuning[0], best) == 1.0
+    assert tune_membership.separation(tuning[0], other) < 1.0
     for membership in (best, other):  # the smallest offset that keeps the unsure cat's map above 0.5
         assert tuning[1].lost(tuning[1].weights(membership)) == 0.0
         lower = replace(membership, offset=membership.offset - 0.25)
