@@ -54,7 +54,7 @@ class Membership:
         return score - score.median()
 
     def weights_of_relative(self, relative: torch.Tensor) -> torch.Tensor:
-        """The weights of agreements given relative to the group's median image."""
+        """The weights of scores given relative to the group's median image."""
         scale = torch.sigmoid(torch.tensor(self.offset / self.temperature, dtype=relative.dtype))
         return (torch.sigmoid((relative + self.offset) / self.temperature) / scale).clamp(max=1.0)
 
