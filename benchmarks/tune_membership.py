@@ -50,9 +50,13 @@ class Scored:
     mean: np.ndarray
     has_object: np.ndarray
 
+    def relative(self, membership: Membership) -> torch.Tensor:
+        """Every image's score relative to its group's median image, computed group by group as the methods do."""
+        return torch.cat([membership.relative(logits, consensus_of(logits)) for logits in self.logits])
+
     def weights(self, membership: Membership) -> np.ndarray:
-        """Every image's dimming weight, computed group by group as the methods do."""
-        return torch.cat([membership.weights(logits, consensus_of(logits)) for logits in self.logits]).numpy()
+        """Every image's dimming weight."""
+        return membership.weights_of_relative(self.relative(membership)).numpy()
 
     def ratio(self, weights: np.ndarray) -> float:
         dimmed = weights * self.mean
@@ -95,9 +99,11 @@ def table(name: str, mixed: Scored, plain: Scored, shape: Membership) -> list[tu
     undimmed, plain_undimmed = np.ones_like(mixed.peak), np.ones_like(plain.peak)
     print(f"{name}: offset | outsider ratio | lost with outsiders | lost without")
     print(f"  none | {mixed.ratio(undimmed):.3f} | {mixed.lost(undimmed):.3f} | {plain.lost(plain_undimmed):.3f}")
+    relative_mixed, relative_plain = mixed.relative(shape), plain.relative(shape)  # the offset does not move them
     for offset in OFFSETS:
         membership = replace(shape, offset=float(offset))
-        weights_mixed, weights_plain = mixed.weights(membership), plain.weights(membership)
+        weights_mixed = membership.weights_of_relative(relative_mixed).numpy()
+        weights_plain = membership.weights_of_relative(relative_plain).numpy()
         rows.append((membership, mixed.ratio(weights_mixed), plain.lost(weights_plain)))
         print(f"  {offset:.2f} | {rows[-1][1]:.3f} | {mixed.lost(weights_mixed):.3f} | {rows[-1][2]:.3f}")
     return rows
@@ -120,8 +126,7 @@ def tune(tuning: tuple[Scored, Scored], shapes: list[Membership], max_lost: floa
 def separation(scored: Scored, membership: Membership) -> float:
     """AUC of the score relative to each group's median: the chance that an in-group image scores above
     an outsider (ties count half), from the Mann-Whitney rank sum."""
-    relative = torch.cat([membership.relative(logits, consensus_of(logits)) for logits in scored.logits]).numpy()
-    ranks = rankdata(relative)
+    ranks = rankdata(scored.relative(membership).numpy())
     inside, outside = int((~scored.outsider).sum()), int(scored.outsider.sum())
     return float((ranks[~scored.outsider].sum() - inside * (inside + 1) / 2) / (inside * outside))
 
