@@ -166,7 +166,7 @@ def main() -> None:
     if args.report:
         report = with_and_without_outsiders(network, detector, args.report)
         memberships = list(dict.fromkeys([membership for membership, _ in choices] + [shipped]))
-        for membership in memberships[:1] + [shipped]:
+        for membership in dict.fromkeys(memberships[:1] + [shipped]):  # once when the winner is the shipped choice
             table(f"report, {membership}", *report, membership)
         summary(report, memberships)
 
