@@ -73,12 +73,13 @@ def make_groups(folder: Path, photos: list[Path], sizes: list[int]) -> Path:
     return folder
 
 
-def detect_rate(images: Path, out: Path, run: tuple[str, str, str], args: argparse.Namespace) -> float:
-    method, precision, decode = run
+def detect_rate(images: Path, out: Path, run: tuple[str, str, str, str], args: argparse.Namespace) -> float:
+    method, precision, decode, tta = run
     command = [sys.executable, "-m", "cosal_cli", "detect", str(images), "-o", str(out), "-m", method, "--device",
                args.device, "--backend", args.backend, "--threads", str(args.threads), "--offline", "--json",
                "--quiet", "--overwrite", "--precision", precision, "--batch-size", str(args.batch_size)]  # fmt: skip
     command += ["--gpu-decode"] if decode == "gpu" else []
+    command += ["--tta", tta] if tta != "none" else []
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout)["images_per_second"]
 
@@ -153,6 +154,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     parser.add_argument("--decode", nargs="+", default=["pillow"], choices=["pillow", "gpu"])
+    parser.add_argument("--tta", nargs="+", default=["none"], choices=["none", "flip"], help="cosal's --tta")
     parser.add_argument("--resize", type=int, help="re-encode the photos as N x N JPEGs first")
     parser.add_argument("--batch-size", type=int, default=8, help="cosal detect's --batch-size")
     parser.add_argument("--photos", type=Path, help="a folder of photos (default: the examples)")
@@ -169,9 +171,9 @@ def main() -> None:
     sets = {"2 x 20": [20, 20], "1 x 100": [100]}
     if args.quick:
         sets, args.rounds = {"2 x 4": [4, 4], "1 x 8": [8]}, 1
-    runs = [(method, precision, decode) for method in args.methods for precision in args.precision
-            for decode in args.decode]  # fmt: skip
-    rates: dict[tuple[tuple[str, str, str], str], list[float]] = {(run, s): [] for run in runs for s in sets}
+    runs = [(method, precision, decode, tta) for method in args.methods for precision in args.precision
+            for decode in args.decode for tta in args.tta]  # fmt: skip
+    rates: dict[tuple[tuple[str, str, str, str], str], list[float]] = {(run, s): [] for run in runs for s in sets}
     with tempfile.TemporaryDirectory() as tmp:
         if args.resize:
             photos = resized_photos(photos, Path(tmp) / "resized", args.resize)
@@ -190,13 +192,14 @@ def main() -> None:
     print(f"backbone bound (batch {BATCH}, 224 px): " +
           ", ".join(f"{name} {precision} {rate:.1f} img/s" for (name, precision), rate in bounds.items()))  # fmt: skip
     small, large = sets
-    print(f"{'method':<11}{'precision':>10}{'decode':>8}{small + ' img/s':>14}{large + ' img/s':>15}"
+    print(f"{'method':<11}{'precision':>10}{'decode':>8}{'tta':>6}{small + ' img/s':>14}{large + ' img/s':>15}"
           f"{'backbone img/s':>16}{'ratio':>8}")  # fmt: skip
     for run in runs:
-        method, precision, decode = run
+        method, precision, decode, tta = run
         bound = bounds[BACKBONE.get(method, "vgg16"), precision]
         few, many = (statistics.median(rates[run, label]) for label in sets)
-        print(f"{method:<11}{precision:>10}{decode:>8}{few:>14.2f}{many:>15.2f}{bound:>16.1f}{few / bound:>8.0%}")
+        print(f"{method:<11}{precision:>10}{decode:>8}{tta:>6}{few:>14.2f}{many:>15.2f}{bound:>16.1f}"
+              f"{few / bound:>8.0%}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ def load(
 ) -> Detector:
     """A ready detector: the method's weights fetched if needed (unless ``offline``) and verified.
 
-    ``options`` are the method's own (``sism="gmr"``, ``subgroup=5`` for ICNet; see ``cosal methods``);
+    ``options`` are the method's own (``sism="gmr"``, ``subgroup=5`` for ICNet; see ``cosal methods``) and
+    ``tta="flip"``, which every method takes (each group's maps averaged with the mirrored group's);
     ``refine`` adds refiners after the method's (``refine=["ranking"]``); ``backend="onnxruntime"`` runs
     the method's exported graphs in ONNX Runtime (every method with a network); ``threads`` sets torch's
     (and onnxruntime's) CPU threads for the process (default: one per core); ``precision="bf16"`` runs the

@@ -12,7 +12,7 @@ import functools
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -151,11 +151,26 @@ def predict(method: Method, pixels: np.ndarray | torch.Tensor, sources: GroupIma
     # for cosal's own networks (faster), contiguous NCHW for the official ones (their code's layout).
     batch = batch.to(dtype=torch.float32, memory_format=method.memory_format()).div_(255.0)
     with torch.inference_mode(method.inference_mode), method.autocast():
-        maps = method.predict_group(batch, sources)
+        maps = _predict_group(method, batch, sources)
     maps = maps.detach().float().cpu()
     if maps.ndim != 3 or maps.shape[0] != pixels.shape[0]:
         raise TypeError(f"{method.name} returned maps of shape {tuple(maps.shape)} for {pixels.shape[0]} images")
     return maps
+
+
+def _predict_group(method: Method, batch: torch.Tensor, sources: GroupImages | None) -> torch.Tensor:
+    """The method's maps of the group; with ``--tta flip``, averaged with those of the mirrored group.
+
+    The whole group is mirrored at once, so that a co-saliency method's consensus is computed over
+    mirrored images only; the mirrored maps are mirrored back before the mean.
+    """
+    maps = method.predict_group(batch, sources)
+    if not method.options.flip:
+        return maps
+    mirrored_batch = batch.flip(-1).contiguous(memory_format=method.memory_format())
+    mirrored_sources = None if sources is None else replace(sources, mirrored=True)
+    mirrored = method.predict_group(mirrored_batch, mirrored_sources).flip(-1)
+    return (maps.float() + mirrored.float()) / 2
 
 
 def map_at_size(low_res: torch.Tensor, size: tuple[int, int], interpolation: str) -> np.ndarray:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +127,8 @@ class DirectorySisms:
             with Image.open(path) as image:  # as ICNet's dataset.py: L, Resize([224, 224]), ToTensor
                 grey = image.convert("L").resize((SISM_SIZE, SISM_SIZE), Image.BILINEAR)
             maps.append(torch.from_numpy(np.asarray(grey, dtype=np.float32) / 255.0)[None])
-        return torch.stack(maps).to(images.device)
+        maps = torch.stack(maps).to(images.device)
+        return maps.flip(-1) if sources.mirrored else maps
 
 
 def predict_in_subgroups(images: torch.Tensor, sources: GroupImages | None, subgroup: int | None, sisms,
@@ -140,7 +142,7 @@ def predict_in_subgroups(images: torch.Tensor, sources: GroupImages | None, subg
     maps = []
     for start in range(0, len(images), size):
         part = images[start : start + size]
-        part_sources = None if sources is None else GroupImages(sources.group, sources.stems[start : start + size])
+        part_sources = None if sources is None else replace(sources, stems=sources.stems[start : start + size])
         maps.append(network(part, sisms(part, part_sources)))
     return torch.cat(maps)
 

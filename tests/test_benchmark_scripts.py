@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
@@ -21,14 +22,14 @@ from .conftest import REPO
 def test_the_throughput_benchmark_prints_each_methods_rate_beside_its_backbone(linked_home):
     linked_home("vgg16-imagenet", "efficientnet-lite0-imagenet")
     command = [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--quick", "--methods", "gicd",
-               "--threads", "1", "--precision", "fp32", "bf16", "--resize", "224"]  # fmt: skip
+               "--threads", "1", "--precision", "fp32", "bf16", "--tta", "none", "flip", "--resize", "224"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "backbone bound (batch 8, 224 px): efficientnet-lite0 fp32" in result.stdout
     assert "efficientnet-lite0 bf16" in result.stdout and "re-encoded at 224 x 224" in result.stdout
-    for precision in ("fp32", "bf16"):
-        row = re.search(rf"^gicd\s+{precision}\s+pillow\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)%$", result.stdout,
-                        re.MULTILINE)  # fmt: skip
+    for precision, tta in itertools.product(("fp32", "bf16"), ("none", "flip")):
+        row = re.search(rf"^gicd\s+{precision}\s+pillow\s+{tta}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)%$",
+                        result.stdout, re.MULTILINE)  # fmt: skip
         assert row is not None, result.stdout
         few, many, bound, ratio = (float(value) for value in row.groups())
         assert few > 0 and many > 0 and bound > 0 and abs(ratio - 100 * few / bound) <= 1

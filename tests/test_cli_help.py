@@ -60,5 +60,5 @@ def test_one_methods_card_in_full_and_as_json():
     assert result.exit_code == 0, result.output
     assert "AAAI 2019" in result.output and "--co-category" in result.output and "--pooling" in result.output
     card = json.loads(run("methods", "gs", "--json").output)
-    assert card["name"] == "gs" and card["options"] == ["--co-category", "--pooling"]
+    assert card["name"] == "gs" and card["options"] == ["--tta", "--co-category", "--pooling"]
     assert run("methods", "nope").exit_code == 2

@@ -137,6 +137,18 @@ def test_detect_on_two_ray_workers_writes_the_local_runners_bytes(ray_cluster, r
     assert [group["name"] for group in summary["groups"]] == [group["name"] for group in local["groups"]]
 
 
+def test_tta_flip_reaches_the_ray_workers(ray_cluster, tmp_path):
+    arguments = (str(EXAMPLES / "Image"), "-m", "gmr", "--threads", "1")
+    local_code, local = detect(*arguments, "--tta", "flip", "-o", str(tmp_path / "local"))
+    code, summary = detect(*arguments, "--tta", "flip", "-o", str(tmp_path / "ray"), "--runner", "ray",
+                           "--ray-address", ray_cluster, "--workers", "2")  # fmt: skip
+    plain_code, _ = detect(*arguments, "-o", str(tmp_path / "plain"))
+    assert local_code == code == plain_code == 0
+    assert summary["tta"] == local["tta"] == "flip" and summary["counts"]["written"] == 14
+    assert files_of(tmp_path / "ray") == files_of(tmp_path / "local")
+    assert files_of(tmp_path / "ray") != files_of(tmp_path / "plain")  # the workers did flip
+
+
 def test_a_killed_worker_costs_a_retry_and_no_map(ray_cluster, slow_method, tmp_path):
     inputs = groups_of(tmp_path / "in", groups=6, images=3)
     killed = []

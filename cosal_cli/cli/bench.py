@@ -40,6 +40,7 @@ from cosal_cli.cli.options import (
     SmoothingOption,
     SubgroupOption,
     ThreadsOption,
+    TtaOption,
     WorkersOption,
     WriteOnWorkersOption,
     chosen_runner,
@@ -113,6 +114,7 @@ def bench(
     scales: ScalesOption = None,
     co_category: CoCategoryOption = None,
     pooling: PoolingOption = None,
+    tta: TtaOption = None,
     chunk: ChunkOption = None,
     refine: RefineOption = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network for weights.")] = False,
@@ -140,7 +142,7 @@ def bench(
     notices: list[str] = []
     options = methods.split_options(method_names, method_values(sism, sism_dir, subgroup, chunk, notices, outsiders,
                                               smoothing=smoothing, branches=branches, scales=scales,
-                                              co_category=co_category, pooling=pooling))
+                                              co_category=co_category, pooling=pooling, tta=tta))
     for message in notices:
         stderr.print(f"[yellow]warning:[/] {escape(message)}")
     for folder in pred or []:

@@ -39,6 +39,7 @@ from cosal_cli.cli.options import (
     SmoothingOption,
     SubgroupOption,
     ThreadsOption,
+    TtaOption,
     WorkersOption,
     WriteOnWorkersOption,
     chosen_runner,
@@ -105,6 +106,7 @@ def detect(
     scales: ScalesOption = None,
     co_category: CoCategoryOption = None,
     pooling: PoolingOption = None,
+    tta: TtaOption = None,
     chunk: ChunkOption = None,
     refine: RefineOption = None,
     layout: LayoutOption = "auto",
@@ -127,7 +129,7 @@ def detect(
     notices: list[str] = []
     options = methods.options_for(method_name, method_values(sism, sism_dir, subgroup, chunk, notices, outsiders,
                                               smoothing=smoothing, branches=branches, scales=scales,
-                                              co_category=co_category, pooling=pooling))
+                                              co_category=co_category, pooling=pooling, tta=tta))
     for message in notices:
         stderr.print(f"[yellow]warning:[/] {escape(message)}")
     if group is not None and (not group.strip() or group in (".", "..") or "/" in group or "\\" in group):

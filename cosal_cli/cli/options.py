@@ -88,6 +88,10 @@ CoCategoryOption = Annotated[
 PoolingOption = Annotated[
     Optional[str], typer.Option("--pooling", metavar="hlrbp|average", help=_method_help("pooling"))
 ]
+TtaOption = Annotated[
+    Optional[str], typer.Option("--tta", metavar="none|flip", show_default=False,
+                                help=f"{methods.MethodOptions.help_of('tta')}. Every method.")
+]  # fmt: skip
 ChunkOption = Annotated[
     Optional[int], typer.Option("--chunk", min=1, hidden=True, help="Deprecated name of --subgroup (one release).")
 ]

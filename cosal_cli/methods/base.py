@@ -32,6 +32,8 @@ class GroupImages:
 
     group: str
     stems: tuple[str, ...]
+    #: The tensor holds the images mirrored left to right (``--tta flip``): maps read from files are mirrored too.
+    mirrored: bool = False
 
 
 @dataclass(frozen=True)

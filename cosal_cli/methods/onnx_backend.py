@@ -27,7 +27,7 @@ import torch
 from cosal_cli import __version__
 from cosal_cli.errors import UsageError
 from cosal_cli.io import atomic_output
-from cosal_cli.methods.base import ExportGraph, GroupImages, Method
+from cosal_cli.methods.base import ExportGraph, GroupImages, Method, MethodOptions
 
 BACKENDS = ("torch", "onnxruntime")
 OPSET = 17
@@ -92,7 +92,11 @@ def load_onnx(method: Method, home: Path, weights: dict[str, str], device: torch
 
 
 def _graph_options(method: Method) -> dict[str, Any]:
-    return {flag: getattr(method.options, name) for name, flag in type(method.options).declared().items()}
+    """The method's own options (they may change its graphs); those every method takes (``--tta``) act
+    around the graphs, so one export serves them all."""
+    common = MethodOptions.declared()
+    return {flag: getattr(method.options, name) for name, flag in type(method.options).declared().items()
+            if name not in common}  # fmt: skip
 
 
 def _sessions(method: Method, folder: Path, chosen: Sequence[str]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from cosal_cli.hub import ProgressCallback
 from cosal_cli.inference import check_gpu_decode
 from cosal_cli.io import Discovery, Group, Problem, SaveSpec
 from cosal_cli.methods.loader import check_precision
-from cosal_cli.methods.options import MethodOptions
+from cosal_cli.methods.options import MethodOptions, tta_of
 from cosal_cli.refine import check_refiners
 from cosal_cli.runners.group import internal_error_problems
 from cosal_cli.runners.outputs import (
@@ -104,7 +104,7 @@ def run(
     check_outputs(discovery, output_dir, existing, save)
     summary = Summary(method=method_name, device="", output=str(output_dir), refiners=refiner_names,
                       backend=backend, threads=threads or 1, runner="ray", workers=cluster.workers,
-                      precision=precision, gpu_decode=gpu_decode)  # fmt: skip
+                      precision=precision, tta=tta_of(options), gpu_decode=gpu_decode)  # fmt: skip
     recorder = Recorder(summary, reporter, output_dir, save)
     recorder.start(discovery)
     pending = pending_groups(discovery, output_dir, existing, save)

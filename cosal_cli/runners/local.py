@@ -22,7 +22,7 @@ from cosal_cli.hub import ProgressCallback
 from cosal_cli.inference import check_gpu_decode, decode_group
 from cosal_cli.io import Discovery, Group, ImageFile, SaveSpec
 from cosal_cli.methods.loader import check_precision, load_method, resolve_device, use_threads
-from cosal_cli.methods.options import MethodOptions
+from cosal_cli.methods.options import MethodOptions, tta_of
 from cosal_cli.refine import check_refiners, load_refiner
 from cosal_cli.runners.group import GroupOutcome, encode_outputs, keeps_photos, process_group
 from cosal_cli.runners.outputs import (
@@ -72,7 +72,7 @@ def run(
     refiners = [load_refiner(name, str(device)) for name in refiner_names]
     check_outputs(discovery, output_dir, existing, save)
     summary = Summary(method=method_name, device=str(device), output=str(output_dir), refiners=refiner_names,
-                      backend=backend, threads=threads_in_use, precision=precision,
+                      backend=backend, threads=threads_in_use, precision=precision, tta=tta_of(options),
                       gpu_decode=gpu_decode)  # fmt: skip
     recorder = Recorder(summary, reporter, output_dir, save)
     recorder.start(discovery)

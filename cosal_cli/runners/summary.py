@@ -49,6 +49,7 @@ class Summary:
     refiners: list[str] = field(default_factory=list)
     backend: str = "torch"  # or "onnxruntime" (--backend)
     precision: str = "fp32"  # or "bf16" (--precision)
+    tta: str = "none"  # or "flip" (--tta)
     gpu_decode: bool = False  # JPEGs decoded on the GPU (--gpu-decode)
     threads: int = 0  # CPU threads of torch (and onnxruntime) in this run
     interrupted: bool = False
@@ -90,6 +91,7 @@ class Summary:
             "device": self.device,
             "backend": self.backend,
             "precision": self.precision,
+            "tta": self.tta,
             "gpu_decode": self.gpu_decode,
             "threads": self.threads,
             "runner": self.runner,
