@@ -49,11 +49,14 @@ def cat_group() -> tuple[torch.Tensor, list[np.ndarray]]:
 
 def test_the_head_is_a_small_bundled_component_trained_on_the_shipped_split(real_hub, gicd_weights):
     assert real_hub.manifest.roles("gicd")["backbone"] == "efficientnet-lite0-imagenet"
-    metadata = check_shipped_head(real_hub, "gicd", gicd_weights["head"], max_bytes=2_000_000)
+    # 3.3 MB: the decoder and the tuned copy of Lite0's early blocks (0.7 M parameters)
+    metadata = check_shipped_head(real_hub, "gicd", gicd_weights["head"], max_bytes=4_000_000)
     assert metadata["training"]["split"]["name"] == "shared-v2"  # with DUTS_class
+    assert metadata["config"]["tune_encoder"] is True
     sampler = metadata["training"]["sampler"]
     assert sampler["composite_fraction"] > 0 and sampler["outsider_fraction"] > 0  # jigsaw training, outsiders
-    assert sampler["collaborative_fraction"] > 0
+    # tuning trains from images, which have no collaborative batches: it starts from a head that had them
+    assert metadata["training"]["init"]["sha256"]
     assert metadata["validation"]["kept"]["sm"] > 0.8
 
 
@@ -87,9 +90,10 @@ def test_detect_with_gicd_finds_the_cats(real_hub, gicd_weights, tmp_path, monke
     monkeypatch.delenv("COSAL_MANIFEST", raising=False)
     summary, scores = detect_examples(tmp_path / "maps")  # the default method
     assert summary["method"] == "gicd"
-    # Measured with the shipped head: 8.7x to 155x brighter on the cats than off them, AUC 0.91 to 0.997
-    # (mean 0.97); the two held-out photos (group0255_jpg, group0294_jpeg) score AUC 0.994 and 0.944.
-    assert all(ratio > 5 for ratio, _ in scores.values()), scores
+    # Measured with the shipped head (tuned pyramid): 4.7x to 115x brighter on the cats than off them, AUC
+    # 0.92 to 0.997 (mean 0.97); the two held-out photos (group0255_jpg, group0294_jpeg) score AUC 0.997 and
+    # 0.938. (The decoder-only head before it: 8.7x to 155x, AUC 0.91 to 0.997.)
+    assert all(ratio > 4 for ratio, _ in scores.values()), scores
     aucs = [value for _, value in scores.values()]
     assert min(aucs) > 0.8 and float(np.mean(aucs)) > 0.9, scores
 

@@ -90,6 +90,12 @@ def train(
         typer.Option("--branches", help="CSMG: the masked branches the head is trained with (both, pool3 or pool5); "
                      "detect picks the matching head with the same flag. Default: both."),
     ] = None,
+    tune_encoder: Annotated[
+        bool,
+        typer.Option("--tune-encoder", help="GICD: also tune a copy of the backbone's early blocks, which the decoder "
+                     "reads (the classifier, its consensus and gradient stay frozen). Trains from images, not "
+                     "--cache-views."),
+    ] = False,
     co_category: Annotated[
         Optional[str],
         typer.Option("--co-category", metavar="table|imagenet|off", help="GS: the co-category supervision: the "
@@ -141,7 +147,8 @@ def train(
         method=method, data=list(data), split=load_split(split), output=output, epochs=epochs, lr=lr,
         sampler=sampler, val_limit=val_limit, per_group=per_group, checkpoint_every=checkpoint_every, device=device,
         precision=precision, resume=resume, offline=hub.offline_mode(offline),
-        config=_config(sism, branches, co_category, pooling), cache_views=cache_views, cache_dir=cache_dir, init=init,
+        config=_config(sism, branches, co_category, pooling, tune_encoder), cache_views=cache_views,
+        cache_dir=cache_dir, init=init,
     )  # fmt: skip
     with progress_bar(quiet, None, TRAIN_COLUMNS) as progress:
         metadata = run_training(settings, _TrainConsoleReporter(progress, quiet))
@@ -155,7 +162,8 @@ def train(
         )
 
 
-def _config(sism: str | None, branches: str | None, co_category: str | None, pooling: str | None) -> dict:
+def _config(sism: str | None, branches: str | None, co_category: str | None, pooling: str | None,
+            tune_encoder: bool = False) -> dict:
     """The head's config from the method-specific flags (checked against the method by the trainer)."""
     from cosal_cli.training.co_category import SOURCES
 
@@ -167,6 +175,8 @@ def _config(sism: str | None, branches: str | None, co_category: str | None, poo
     if branches is not None:
         check_choice("--branches", branches, CSMG_BRANCHES)
         config["branches"] = ["pool3", "pool5"] if branches == "both" else [branches]
+    if tune_encoder:
+        config["tune_encoder"] = True
     return config
 
 

@@ -33,6 +33,7 @@ class Method(base.TrainableMethod):
     loss = "soft-iou"
     # the GIM's gradient is written out (GicdLite.induce), so no autograd is needed at inference
     trains_from_cache = True
+    tunable_encoder = True
     options_class = OutsiderOptions
 
     @classmethod

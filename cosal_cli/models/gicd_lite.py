@@ -3,7 +3,8 @@
 GICD needs an ImageNet *classifier* (for the consensus and for the gradient). The official network
 uses VGG-16 with its 1000-class head; the only classifier with its head that cosal can obtain is
 EfficientNet-Lite0 (see ``weights_manifest.yaml``), so here it is both the co-classifier and the
-encoder, frozen; only the decoder (``head``) is trained (``cosal train --method gicd``).
+encoder, frozen; the decoder (``head``) is trained (``cosal train --method gicd``), and with
+``tune_encoder`` also a copy of Lite0's early blocks that only the decoder reads (:class:`TunedPyramid`).
 
 Per group (in chunks; memory grows with the group only by the encoder outputs kept for the decoder,
 at most ``KEEP_ENCODED_BYTES``):
@@ -19,8 +20,9 @@ at most ``KEEP_ENCODED_BYTES``):
    lateral feature is multiplied by the upsampled previous prediction (the CAM first), added to
    the upsampled top-down feature and smoothed; each level predicts a logit map.
 
-The encoder is frozen, so the GIM needs no graph into trainable weights: training backpropagates
-through the decoder only, and can run from cached encoder outputs (:meth:`GicdLite.encode_for_cache`).
+The classifier is frozen, so the GIM needs no graph into trainable weights: training backpropagates
+through the decoder (and the tuned pyramid) only, and without a tuned pyramid can run from cached
+encoder outputs (:meth:`GicdLite.encode_for_cache`).
 
 Whether an image holds the group's object at all: the channel weights and the CAM are normalised
 per image, so an image *without* the object still gets a CAM that peaks at 1. A trained decoder can
@@ -37,6 +39,7 @@ dims the map of an image whose ImageNet classes disagree with the group's consen
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,6 +53,7 @@ from cosal_cli.models.gicd import gradient_cam, group_consensus
 from cosal_cli.models.heads import FrozenBackboneNetwork
 from cosal_cli.models.membership import Membership, consensus_of
 
+#: Optional ``tune_encoder``: the decoder reads a tuned copy of Lite0's early blocks (:class:`TunedPyramid`).
 DEFAULT_CONFIG: dict[str, Any] = {"channels": 32}
 #: (block index, channels) of the stage ends the decoder reads: strides 2, 4, 8 and 16, finest first.
 PYRAMID_TAPS = ((0, 16), (2, 24), (4, 40), (10, 112))
@@ -58,6 +62,7 @@ HEAD_CHANNELS = 1280
 #: Encoder outputs a group larger than one chunk keeps from its logits pass for the decoder (1.6 MB per
 #: image at 224 px, so 160 images); the chunks beyond are encoded a second time.
 KEEP_ENCODED_BYTES = 256 * 2**20
+ENCODER_LR_SCALE = 0.1
 
 
 def _conv_gn_relu(in_channels: int, out_channels: int, kernel: int = 3) -> nn.Sequential:
@@ -94,6 +99,33 @@ class ArmDecoder(nn.Module):
         return logits[::-1]
 
 
+class TunedPyramid(nn.Module):
+    """A trainable copy of Lite0's stem and blocks up to the decoder's deepest tap (stride 16).
+
+    Lite0's early stages are thin (16 to 112 channels) and were never asked to draw object boundaries;
+    the decoder reads them, not the classifier. Tuning this copy with the decoder leaves the frozen
+    classifier, and so the consensus and the GIM, exactly as they were. Copied from the classifier
+    after its BatchNorms were folded into the convolutions (``EfficientNetLite0.from_file``), so it has
+    no running statistics to drift on small training sub-groups.
+    """
+
+    def __init__(self, classifier: EfficientNetLite0):
+        super().__init__()
+        self.stem = copy.deepcopy(classifier._conv_stem)
+        self.stem_norm = copy.deepcopy(classifier._bn0)  # nn.Identity once folded
+        last = PYRAMID_TAPS[-1][0]
+        self.blocks = nn.ModuleList(copy.deepcopy(block) for block in classifier._blocks[: last + 1])
+        self.requires_grad_(True)
+
+    def forward(self, normalised: torch.Tensor) -> list[torch.Tensor]:
+        x, taps, wanted = F.relu6(self.stem_norm(self.stem(normalised))), [], {block for block, _ in PYRAMID_TAPS}
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if index in wanted:
+                taps.append(x)
+        return taps
+
+
 class GicdLite(FrozenBackboneNetwork):
     """Frozen EfficientNet-Lite0 (co-classifier and encoder) + the trainable ARM decoder ``head``."""
 
@@ -101,14 +133,42 @@ class GicdLite(FrozenBackboneNetwork):
         super().__init__(config, DEFAULT_CONFIG)
         self.freeze("classifier", classifier)
         self.head = ArmDecoder(int(self.config["channels"]))
+        if self.tunes_encoder:
+            # everything trained is in the head file, so the tuned copy lives in the head
+            self.head.encoder = TunedPyramid(classifier)
+
+    @property
+    def tunes_encoder(self) -> bool:
+        return bool(self.config.get("tune_encoder", False))
 
     def encode(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """The decoder's pyramid and the last conv features (the GIM's input), without autograd."""
+        """The decoder's pyramid and the last conv features (the GIM's input).
+
+        The frozen classifier runs without autograd; a tuned pyramid (``tune_encoder``) keeps its graph
+        when gradients are enabled, since training backpropagates into it.
+        """
+        normalised = lite_normalise(images)
+        taps = () if self.tunes_encoder else tuple(block for block, _ in PYRAMID_TAPS)
         with torch.no_grad():
-            x, pyramid = self.classifier.blocks_until(
-                lite_normalise(images), LAST_BLOCK, taps=tuple(block for block, _ in PYRAMID_TAPS)
-            )
-            return pyramid, self.classifier.head_features(x)
+            x, pyramid = self.classifier.blocks_until(normalised, LAST_BLOCK, taps=taps)
+            features = self.classifier.head_features(x)
+        if self.tunes_encoder:
+            pyramid = self.head.encoder(normalised)
+        return pyramid, features
+
+    def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
+        """The optimiser's groups: the tuned pyramid learns at a tenth of the decoder's rate, as pre-trained
+        weights are moved, not learnt from scratch."""
+        decoder = [param for name, param in self.head.named_parameters() if not name.startswith("encoder.")]
+        groups = [{"params": decoder, "lr_scale": 1.0}]
+        if self.tunes_encoder:
+            groups.append({"params": list(self.head.encoder.parameters()), "lr_scale": ENCODER_LR_SCALE})
+        return [{**group, "lr": lr * group["lr_scale"]} for group in groups]
+
+    def init_may_add(self) -> tuple[dict[str, Any], str]:
+        """What an --init head may lack (config, and the prefix of its weights): a decoder trained without a
+        tuned pyramid gets one copied from Lite0."""
+        return ({"tune_encoder": True}, "encoder.") if self.tunes_encoder else ({}, "")
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """ImageNet logits from the last conv features (global average pool, then the classifier)."""

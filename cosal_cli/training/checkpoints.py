@@ -101,10 +101,14 @@ def load_initial_head(settings, network, hub, backbone) -> dict[str, Any] | None
     trained_for = head.metadata.get("backbone", {}).get("sha256")
     if trained_for != backbone.sha256:
         raise UsageError(f"--init {settings.init} was trained on another backbone than {backbone.id} ({trained_for})")
-    if head.config != dict(network.config):
+    added, prefix = network.init_may_add() if hasattr(network, "init_may_add") else ({}, "")
+    if {**head.config, **added} != {**network.config, **added}:
         raise UsageError(
             f"--init {settings.init} has config {head.config}, this run builds {dict(network.config)}: "
             "pass the same method flags (for example --sism)"
         )
-    network.head.load_state_dict(head.tensors, strict=True)
+    # a module the run adds (gicd's tuned pyramid) keeps the weights it was built with
+    missing, _ = network.head.load_state_dict(head.tensors, strict=not added)
+    if any(not (prefix and name.startswith(prefix)) for name in missing):
+        raise UsageError(f"--init {settings.init} lacks weights of this head: {missing[:3]}")
     return {"from": settings.init, "sha256": sha256_file(path), "kept": head.metadata.get("validation", {}).get("kept")}

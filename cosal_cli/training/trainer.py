@@ -174,8 +174,7 @@ def train(settings: TrainSettings, reporter: TrainReporter) -> dict[str, Any]:
     initial = load_initial_head(settings, network, hub, backbone)
     network = network.to(device)
     method_class.prepare_training(network, device, settings.offline)
-    head = list(network.head.parameters())
-    optimiser = torch.optim.Adam(head, lr=settings.lr, weight_decay=method_class.weight_decay)
+    optimiser = torch.optim.Adam(_parameter_groups(network, settings.lr), weight_decay=method_class.weight_decay)
     state = _start_state(settings, network, optimiser, reporter)
 
     validator = _Validator(method_class, data.held_out, device)
@@ -265,6 +264,11 @@ def _check_settings(method_class: type[TrainableMethod], settings: TrainSettings
         if settings.config.get(name) is not None and name not in declared:
             flag = "--" + name.replace("_", "-")
             raise UsageError(f"{flag} does not apply to method {settings.method!r}: it has no {what}")
+    if settings.config.get("tune_encoder") and not method_class.tunable_encoder:
+        raise UsageError(f"--tune-encoder does not apply to method {settings.method!r}: only gicd has one to tune")
+    if settings.config.get("tune_encoder") and settings.cache_views:
+        raise UsageError("--tune-encoder trains from images (the tuned pyramid changes at every step): "
+                         "drop --cache-views")
     if settings.sampler.outsider_fraction > 0 and not method_class.group_context:
         raise UsageError(
             f"--outsider-fraction: {settings.method} sees one image at a time, so it cannot learn that an image "
@@ -339,7 +343,14 @@ def _set_lr(optimiser: torch.optim.Optimizer, base: float, step: int, total: int
     """Cosine decay from ``base`` to 1 % of it over the whole run (a pure function of the step)."""
     lr = base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1))))
     for group in optimiser.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def _parameter_groups(network, lr: float) -> list[dict[str, Any]]:
+    """The head's parameters, in the groups the network asks for (each with its ``lr_scale``)."""
+    if hasattr(network, "parameter_groups"):
+        return network.parameter_groups(lr)
+    return [{"params": list(network.head.parameters()), "lr": lr, "lr_scale": 1.0}]
 
 
 def _finish_epoch(settings, network, validator, state, batches, backbone, data, reporter, device) -> None:
