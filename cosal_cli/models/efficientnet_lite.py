@@ -13,6 +13,7 @@ input is ``(x - 127) / 128`` for RGB x in 0..255 (:func:`lite_normalise`).
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import torch
@@ -83,6 +84,20 @@ class MBConvBlock(nn.Module):
         return x + inputs if self.residual else x
 
 
+def run_stem_and_blocks(
+    stem: nn.Module, norm: nn.Module, blocks: Sequence[nn.Module], x: torch.Tensor, taps: Collection[int]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Lite0's stem, then ``blocks``: the last block's output and the outputs of the blocks in ``taps``
+    (the classifier's own modules, or a copy of its first blocks as gicd tunes)."""
+    x = F.relu6(norm(stem(x)))
+    tapped = []
+    for index, block in enumerate(blocks):
+        x = block(x)
+        if index in taps:
+            tapped.append(x)
+    return x, tapped
+
+
 class EfficientNetLite0(nn.Module):
     def __init__(self, num_classes: int = 1000, dropout: float = 0.2):
         super().__init__()
@@ -139,13 +154,7 @@ class EfficientNetLite0(nn.Module):
         self, x: torch.Tensor, last: int, taps: tuple[int, ...]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The stem and blocks 0..``last``: the output of ``last`` and the outputs of the blocks in ``taps``."""
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        tapped = []
-        for index, block in enumerate(self._blocks[: last + 1]):
-            x = block(x)
-            if index in taps:
-                tapped.append(x)
-        return x, tapped
+        return run_stem_and_blocks(self._conv_stem, self._bn0, self._blocks[: last + 1], x, taps)
 
     def head_features(self, x: torch.Tensor) -> torch.Tensor:
         """The 1x1 head conv on the last block's output: the last convolutional features."""

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cosal_cli.models.budget import KeptBytes
-from cosal_cli.models.efficientnet_lite import STAGES, EfficientNetLite0, lite_normalise
+from cosal_cli.models.efficientnet_lite import STAGES, EfficientNetLite0, lite_normalise, run_stem_and_blocks
 from cosal_cli.models.gicd import gradient_cam, group_consensus
 from cosal_cli.models.heads import FrozenBackboneNetwork
 from cosal_cli.models.membership import Membership, consensus_of
@@ -57,6 +57,7 @@ from cosal_cli.models.membership import Membership, consensus_of
 DEFAULT_CONFIG: dict[str, Any] = {"channels": 32}
 #: (block index, channels) of the stage ends the decoder reads: strides 2, 4, 8 and 16, finest first.
 PYRAMID_TAPS = ((0, 16), (2, 24), (4, 40), (10, 112))
+TAP_BLOCKS = tuple(block for block, _ in PYRAMID_TAPS)
 LAST_BLOCK = sum(repeats for repeats, *_ in STAGES) - 1
 HEAD_CHANNELS = 1280
 #: Encoder outputs a group larger than one chunk keeps from its logits pass for the decoder (1.6 MB per
@@ -113,17 +114,11 @@ class TunedPyramid(nn.Module):
         super().__init__()
         self.stem = copy.deepcopy(classifier._conv_stem)
         self.stem_norm = copy.deepcopy(classifier._bn0)  # nn.Identity once folded
-        last = PYRAMID_TAPS[-1][0]
-        self.blocks = nn.ModuleList(copy.deepcopy(block) for block in classifier._blocks[: last + 1])
+        self.blocks = nn.ModuleList(copy.deepcopy(block) for block in classifier._blocks[: TAP_BLOCKS[-1] + 1])
         self.requires_grad_(True)
 
     def forward(self, normalised: torch.Tensor) -> list[torch.Tensor]:
-        x, taps, wanted = F.relu6(self.stem_norm(self.stem(normalised))), [], {block for block, _ in PYRAMID_TAPS}
-        for index, block in enumerate(self.blocks):
-            x = block(x)
-            if index in wanted:
-                taps.append(x)
-        return taps
+        return run_stem_and_blocks(self.stem, self.stem_norm, self.blocks, normalised, TAP_BLOCKS)[1]
 
 
 class GicdLite(FrozenBackboneNetwork):
@@ -148,7 +143,7 @@ class GicdLite(FrozenBackboneNetwork):
         when gradients are enabled, since training backpropagates into it.
         """
         normalised = lite_normalise(images)
-        taps = () if self.tunes_encoder else tuple(block for block, _ in PYRAMID_TAPS)
+        taps = () if self.tunes_encoder else TAP_BLOCKS
         with torch.no_grad():
             x, pyramid = self.classifier.blocks_until(normalised, LAST_BLOCK, taps=taps)
             features = self.classifier.head_features(x)

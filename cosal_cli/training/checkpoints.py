@@ -108,7 +108,8 @@ def load_initial_head(settings, network, hub, backbone) -> dict[str, Any] | None
             "pass the same method flags (for example --sism)"
         )
     # a module the run adds (gicd's tuned pyramid) keeps the weights it was built with
-    missing, _ = network.head.load_state_dict(head.tensors, strict=not added)
-    if any(not (prefix and name.startswith(prefix)) for name in missing):
-        raise UsageError(f"--init {settings.init} lacks weights of this head: {missing[:3]}")
+    missing, unexpected = network.head.load_state_dict(head.tensors, strict=not added)
+    if unexpected or any(not (prefix and name.startswith(prefix)) for name in missing):
+        raise UsageError(f"--init {settings.init} does not match this head's weights: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")  # fmt: skip
     return {"from": settings.init, "sha256": sha256_file(path), "kept": head.metadata.get("validation", {}).get("kept")}
