@@ -90,10 +90,11 @@ def test_detect_with_gicd_finds_the_cats(real_hub, gicd_weights, tmp_path, monke
     monkeypatch.delenv("COSAL_MANIFEST", raising=False)
     summary, scores = detect_examples(tmp_path / "maps")  # the default method
     assert summary["method"] == "gicd"
-    # Measured with the shipped head (tuned pyramid): 4.7x to 115x brighter on the cats than off them, AUC
-    # 0.92 to 0.997 (mean 0.97); the two held-out photos (group0255_jpg, group0294_jpeg) score AUC 0.997 and
-    # 0.938. (The decoder-only head before it: 8.7x to 155x, AUC 0.91 to 0.997.)
-    assert all(ratio > 4 for ratio, _ in scores.values()), scores
+    # Measured with the shipped head (tuned pyramid, its copy tuned at a third of the rate): 3.7x to 140x
+    # brighter on the cats than off them, AUC 0.90 to 0.997 (mean 0.97); the two held-out photos
+    # (group0255_jpg, group0294_jpeg) score AUC 0.997 and 0.942. (The first tuned head: 4.7x to 115x, AUC
+    # 0.92 to 0.997; the decoder-only head before it: 8.7x to 155x, AUC 0.91 to 0.997.)
+    assert all(ratio > 3 for ratio, _ in scores.values()), scores
     aucs = [value for _, value in scores.values()]
     assert min(aucs) > 0.8 and float(np.mean(aucs)) > 0.9, scores
 

@@ -46,6 +46,9 @@ def test_a_loss_moves_the_tuned_pyramid_at_a_tenth_of_the_rate_and_never_the_cla
     network = build(lite_file, tune_encoder=True).train()
     groups = network.parameter_groups(1e-3)
     assert [group["lr"] for group in groups] == pytest.approx([1e-3, 1e-4])
+    chosen = trainer._parameter_groups(network, 1e-3, 0.5)  # cosal train --encoder-lr-scale 0.5
+    assert [group["lr"] for group in chosen] == pytest.approx([1e-3, 5e-4])
+    assert [group["lr_scale"] for group in chosen] == [1.0, 0.5]
     encoder = set(map(id, network.head.encoder.parameters()))
     assert encoder == set(map(id, groups[1]["params"])) and not encoder & set(map(id, groups[0]["params"]))
     outputs = network(example_cats(64)[:3])
@@ -71,7 +74,8 @@ def test_cosal_train_tunes_the_encoder_of_a_head_that_had_none_and_gicd_loads_it
     assert result.exit_code == 0, result.output
     tuned = tmp_path / "tuned.safetensors"
     result = CliRunner().invoke(app, [*base, "--output", str(tuned), "--epochs", "2", "--tune-encoder",
-                                      "--outsider-fraction", "0.3", "--init", str(start)])  # fmt: skip
+                                      "--encoder-lr-scale", "0.5", "--outsider-fraction", "0.3", "--init",
+                                      str(start)])  # fmt: skip
     assert result.exit_code == 0, result.output
     head, begun = load_tensors(tuned), load_tensors(start)
     assert head.metadata["config"] == {"channels": 32, "tune_encoder": True}
@@ -100,3 +104,26 @@ def test_tune_encoder_is_refused_where_it_cannot_work(tmp_path):
     assert result.exit_code == 2 and "--tune-encoder does not apply" in result.output
     result = CliRunner().invoke(app, [*base, "-m", "gicd", "--cache-views", "1", "--offline"])
     assert result.exit_code == 2 and "trains from images" in result.output
+    result = CliRunner().invoke(app, [*base, "-m", "gicd", "--encoder-lr-scale", "0", "--offline"])
+    assert result.exit_code == 2 and "drop --tune-encoder" in result.output
+    untuned = [arg for arg in base if arg != "--tune-encoder"]
+    result = CliRunner().invoke(app, [*untuned, "-m", "gicd", "--encoder-lr-scale", "0.5", "--offline"])
+    assert result.exit_code == 2 and "use it with --tune-encoder" in result.output
+
+
+@pytest.mark.parametrize(("written", "given"), [(None, 0.5), (0.5, None), (0.5, 0.25)])
+def test_resume_refuses_a_checkpoint_written_with_another_encoder_rate(tmp_path, written, given):
+    from cosal_cli.errors import UsageError
+    from cosal_cli.models.heads import save_tensors
+    from cosal_cli.splits import Split
+    from cosal_cli.training.checkpoints import CHECKPOINT_FORMAT, load_checkpoint
+
+    def settings(scale):
+        split = Split("toy", tmp_path / "split.yaml", "0" * 64, {})
+        return trainer.TrainSettings(method="gicd", data=[tmp_path], split=split, output=tmp_path / "h.safetensors",
+                                     config={"tune_encoder": True}, encoder_lr_scale=scale)  # fmt: skip
+
+    save_tensors(settings(written).checkpoint, {"head.x": torch.zeros(1)},
+                 {"format": CHECKPOINT_FORMAT, "fingerprint": settings(written).fingerprint()})  # fmt: skip
+    with pytest.raises(UsageError, match="different encoder_lr_scale"):
+        load_checkpoint(settings(given), None, None, print)

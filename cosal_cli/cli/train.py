@@ -96,6 +96,11 @@ def train(
                      "reads (the classifier, its consensus and gradient stay frozen). Trains from images, not "
                      "--cache-views."),
     ] = False,
+    encoder_lr_scale: Annotated[
+        Optional[float],
+        typer.Option(min=0.0, help="GICD with --tune-encoder: the tuned copy's learning rate as a "
+                     "fraction of --lr. Default: 0.1."),
+    ] = None,
     co_category: Annotated[
         Optional[str],
         typer.Option("--co-category", metavar="table|imagenet|off", help="GS: the co-category supervision: the "
@@ -148,7 +153,7 @@ def train(
         sampler=sampler, val_limit=val_limit, per_group=per_group, checkpoint_every=checkpoint_every, device=device,
         precision=precision, resume=resume, offline=hub.offline_mode(offline),
         config=_config(sism, branches, co_category, pooling, tune_encoder), cache_views=cache_views,
-        cache_dir=cache_dir, init=init,
+        cache_dir=cache_dir, init=init, encoder_lr_scale=encoder_lr_scale,
     )  # fmt: skip
     with progress_bar(quiet, None, TRAIN_COLUMNS) as progress:
         metadata = run_training(settings, _TrainConsoleReporter(progress, quiet))

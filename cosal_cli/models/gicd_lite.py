@@ -151,13 +151,14 @@ class GicdLite(FrozenBackboneNetwork):
             pyramid = self.head.encoder(normalised)
         return pyramid, features
 
-    def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
-        """The optimiser's groups: the tuned pyramid learns at a tenth of the decoder's rate, as pre-trained
-        weights are moved, not learnt from scratch."""
+    def parameter_groups(self, lr: float, encoder_lr_scale: float | None = None) -> list[dict[str, Any]]:
+        """The optimiser's groups: the tuned pyramid learns at ``encoder_lr_scale`` times the decoder's rate
+        (default a tenth), as pre-trained weights are moved, not learnt from scratch."""
         decoder = [param for name, param in self.head.named_parameters() if not name.startswith("encoder.")]
         groups = [{"params": decoder, "lr_scale": 1.0}]
         if self.tunes_encoder:
-            groups.append({"params": list(self.head.encoder.parameters()), "lr_scale": ENCODER_LR_SCALE})
+            scale = encoder_lr_scale or ENCODER_LR_SCALE
+            groups.append({"params": list(self.head.encoder.parameters()), "lr_scale": scale})
         return [{**group, "lr": lr * group["lr_scale"]} for group in groups]
 
     def init_may_add(self) -> tuple[dict[str, Any], str]:

@@ -60,10 +60,9 @@ def load_checkpoint(settings, network, optimiser, notice: Callable[[str], None])
     saved = load_tensors(path)
     if saved.metadata.get("format") != CHECKPOINT_FORMAT:
         raise UsageError(f"{path} is not a cosal training checkpoint")
-    differences = sorted(
-        key for key, value in settings.fingerprint().items()
-        if json.loads(json.dumps(value)) != saved.metadata["fingerprint"].get(key)
-    )  # fmt: skip
+    current, written = json.loads(json.dumps(settings.fingerprint())), saved.metadata["fingerprint"]
+    # both ways: a setting recorded only when given (--encoder-lr-scale) differs when either run lacks it
+    differences = sorted(key for key in current.keys() | written.keys() if current.get(key) != written.get(key))
     if differences:
         raise UsageError(
             f"{path} was written by a run with different {', '.join(differences)}; "

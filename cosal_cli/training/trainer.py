@@ -64,6 +64,7 @@ class TrainSettings:
     cache_views: int = 0  # > 0: train from that many cached views per image (training/cache.py)
     cache_dir: Path | None = None  # where the feature cache lives (default: next to the output)
     init: str | None = None  # a head file or bundled component to start from, instead of the seeded initialisation
+    encoder_lr_scale: float | None = None  # gicd --tune-encoder: the tuned pyramid's rate / lr (None: the model's)
 
     @property
     def checkpoint(self) -> Path:
@@ -87,6 +88,8 @@ class TrainSettings:
             "config": self.config,
             "cache_views": self.cache_views,
             "init": self.init,
+            # only when set, so that checkpoints written before the flag still resume
+            **({"encoder_lr_scale": self.encoder_lr_scale} if self.encoder_lr_scale is not None else {}),
         }
 
 
@@ -174,7 +177,8 @@ def train(settings: TrainSettings, reporter: TrainReporter) -> dict[str, Any]:
     initial = load_initial_head(settings, network, hub, backbone)
     network = network.to(device)
     method_class.prepare_training(network, device, settings.offline)
-    optimiser = torch.optim.Adam(_parameter_groups(network, settings.lr), weight_decay=method_class.weight_decay)
+    groups = _parameter_groups(network, settings.lr, settings.encoder_lr_scale)
+    optimiser = torch.optim.Adam(groups, weight_decay=method_class.weight_decay)
     state = _start_state(settings, network, optimiser, reporter)
 
     validator = _Validator(method_class, data.held_out, device)
@@ -269,6 +273,10 @@ def _check_settings(method_class: type[TrainableMethod], settings: TrainSettings
     if settings.config.get("tune_encoder") and settings.cache_views:
         raise UsageError("--tune-encoder trains from images (the tuned pyramid changes at every step): "
                          "drop --cache-views")
+    if settings.encoder_lr_scale is not None and not settings.config.get("tune_encoder"):
+        raise UsageError("--encoder-lr-scale sets the tuned pyramid's rate: use it with --tune-encoder")
+    if settings.encoder_lr_scale == 0:
+        raise UsageError("--encoder-lr-scale 0 would leave the tuned pyramid as Lite0's: drop --tune-encoder instead")
     if settings.sampler.outsider_fraction > 0 and not method_class.group_context:
         raise UsageError(
             f"--outsider-fraction: {settings.method} sees one image at a time, so it cannot learn that an image "
@@ -346,10 +354,10 @@ def _set_lr(optimiser: torch.optim.Optimizer, base: float, step: int, total: int
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
-def _parameter_groups(network, lr: float) -> list[dict[str, Any]]:
+def _parameter_groups(network, lr: float, encoder_lr_scale: float | None) -> list[dict[str, Any]]:
     """The head's parameters, in the groups the network asks for (each with its ``lr_scale``)."""
     if hasattr(network, "parameter_groups"):
-        return network.parameter_groups(lr)
+        return network.parameter_groups(lr, encoder_lr_scale)
     return [{"params": list(network.head.parameters()), "lr": lr, "lr_scale": 1.0}]
 
 
