@@ -276,7 +276,8 @@ def _check_settings(method_class: type[TrainableMethod], settings: TrainSettings
     if settings.encoder_lr_scale is not None and not settings.config.get("tune_encoder"):
         raise UsageError("--encoder-lr-scale sets the tuned pyramid's rate: use it with --tune-encoder")
     if settings.encoder_lr_scale == 0:
-        raise UsageError("--encoder-lr-scale 0 would leave the tuned pyramid as Lite0's: drop --tune-encoder instead")
+        raise UsageError("--encoder-lr-scale 0 would never move the tuned pyramid: give a positive fraction, "
+                         "or drop --tune-encoder")
     if settings.sampler.outsider_fraction > 0 and not method_class.group_context:
         raise UsageError(
             f"--outsider-fraction: {settings.method} sees one image at a time, so it cannot learn that an image "
