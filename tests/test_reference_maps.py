@@ -7,7 +7,8 @@ stay within 1/255 of them. A method whose shipped head changes gets new referenc
 command with the new head (``sod`` and ``icnet``: their ``shared-v2`` heads, issue 15; ``icnet``'s
 references also follow ``sod``'s, whose maps are its SISMs), and so does one whose outsider dimming changes
 (``gicd`` and ``icnet``: the logit similarity, which leaves the cat the old dimming weighed 0.8 undimmed);
-``gicd``'s were written again for its head with a tuned pyramid (``cosal train --tune-encoder``).
+``gicd``'s were written again for its head with a tuned pyramid (``cosal train --tune-encoder``), and ``gwd``'s
+for its head with a tuned conv5 (the same flag).
 """
 
 from __future__ import annotations

@@ -93,13 +93,14 @@ def train(
     tune_encoder: Annotated[
         bool,
         typer.Option("--tune-encoder", help="GICD: also tune a copy of the backbone's early blocks, which the decoder "
-                     "reads (the classifier, its consensus and gradient stay frozen). Trains from images, not "
-                     "--cache-views."),
+                     "reads (the classifier, its consensus and gradient stay frozen; trains from images, not "
+                     "--cache-views). GWD: also tune VGG-16's conv5 block, as a low-rank update of its weights "
+                     "(trains from --cache-views, which then hold pool4)."),
     ] = False,
     encoder_lr_scale: Annotated[
         Optional[float],
-        typer.Option(min=0.0, help="GICD with --tune-encoder: the tuned copy's learning rate as a "
-                     "fraction of --lr. Default: 0.1."),
+        typer.Option(min=0.0, help="With --tune-encoder: the tuned encoder's learning rate as a "
+                     "fraction of --lr. Default: 0.1 for GICD's copy, 1 for GWD's update (it starts at zero)."),
     ] = None,
     co_category: Annotated[
         Optional[str],

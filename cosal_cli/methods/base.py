@@ -171,8 +171,10 @@ class TrainableMethod(Method):
     #: True when the network also learns to classify its group's common categories (GS, ``--co-category``;
     #: :mod:`cosal_cli.training.co_category`); such a network has ``category_logits(cached)``.
     co_category_loss: ClassVar[bool] = False
-    #: gicd: ``cosal train --tune-encoder`` also tunes a copy of the backbone's early blocks (read by the decoder).
+    #: ``cosal train --tune-encoder`` also tunes part of the backbone (gicd: a copy of its early blocks; gwd: conv5).
     tunable_encoder: ClassVar[bool] = False
+    #: The tuned part runs on the cached encoder outputs (gwd's conv5 on pool4), so it trains from the cache.
+    tuned_above_cache: ClassVar[bool] = False
     #: Adam's L2 weight decay on the head (CSMG's eq. 9 has one).
     weight_decay: ClassVar[float] = 0.0
 

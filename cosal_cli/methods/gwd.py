@@ -27,6 +27,8 @@ class Method(base.TrainableMethod):
     input_size = 224  # relu5_3 at 14 x 14; the deconvolution upsamples x16
     loss = "l2"  # eq. 7: squared L2 of the sigmoid maps
     trains_from_cache = True  # training sub-groups are picked by neighbours among cached descriptors
+    tunable_encoder = True  # conv5, as a low-rank update of VGG-16's weights
+    tuned_above_cache = True  # the cache holds pool4, below it
 
     @classmethod
     def build_network(cls, backbone: Path, config: Mapping | None = None) -> GroupWiseFcn:

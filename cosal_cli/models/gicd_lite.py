@@ -154,12 +154,8 @@ class GicdLite(FrozenBackboneNetwork):
     def parameter_groups(self, lr: float, encoder_lr_scale: float | None = None) -> list[dict[str, Any]]:
         """The optimiser's groups: the tuned pyramid learns at ``encoder_lr_scale`` times the decoder's rate
         (default a tenth), as pre-trained weights are moved, not learnt from scratch."""
-        decoder = [param for name, param in self.head.named_parameters() if not name.startswith("encoder.")]
-        groups = [{"params": decoder, "lr_scale": 1.0}]
-        if self.tunes_encoder:
-            scale = encoder_lr_scale or ENCODER_LR_SCALE
-            groups.append({"params": list(self.head.encoder.parameters()), "lr_scale": scale})
-        return [{**group, "lr": lr * group["lr_scale"]} for group in groups]
+        tuned = "encoder" if self.tunes_encoder else None
+        return self.head_parameter_groups(tuned, lr, encoder_lr_scale or ENCODER_LR_SCALE)
 
     def init_may_add(self) -> tuple[dict[str, Any], str]:
         """What an --init head may lack (config, and the prefix of its weights): a decoder trained without a

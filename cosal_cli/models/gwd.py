@@ -13,7 +13,9 @@ Five images go in together and five maps come out:
 
 The paper fine-tunes everything from a saliency VGG-16; here VGG-16 stays frozen, shared with the
 other cosal methods, and the blocks above it (the head) are what ``cosal train`` learns: fine-tuning
-in spirit, on cosal's frozen backbone.
+in spirit, on cosal's frozen backbone. With ``tune_encoder`` the head also tunes VGG-16's conv5 block, as a
+low-rank update of its weights (:class:`TunedConv5`): the paper's fine-tuning reaches the semantic block,
+and the head file stays small.
 
 The concatenation makes the output depend on the order of the five; :func:`covering_subsets` orders
 every subset by the images' content, so a group's maps do not depend on the order it came in.
@@ -36,8 +38,12 @@ from cosal_cli.models.vgg import VGG16Features, imagenet_normalise
 
 GROUP_SIZE = 5  # the paper's K
 COVER = 3  # every image of a group of 5 or more is predicted in at least this many subsets
+#: Optional ``tune_encoder``: conv5_1 .. conv5_3 take a trained low-rank update (:class:`TunedConv5`).
 DEFAULT_CONFIG: dict[str, Any] = {"channels": 128}
 TO_RELU5_3 = slice(0, 30)  # ``VGG16Features.features``: conv1_1 .. relu5_3, the 13 convolutions
+TO_POOL4, CONV5 = slice(0, 24), slice(24, 30)  # what stays frozen and what a tuned head updates
+CONV5_RANK = 32  # the update's rank per convolution (512 x 4,608 weights each)
+ENCODER_LR_SCALE = 1.0  # the update's learning rate / --lr: it starts at zero, so it is learnt, not moved
 LAB_BINS = (4, 6, 6)  # L, a, b bins of the colour histogram in the global descriptor
 FOREGROUND_PRIOR = 0.2  # the share of a map the head predicts as salient before training
 FEATURE_SCALE = 1 / 8  # relu5_3 has a standard deviation of about 8 (up to ~400): brought near 1 for the head
@@ -47,11 +53,37 @@ def _conv(inputs: int, outputs: int, kernel: int = 3) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(inputs, outputs, kernel, padding=kernel // 2), nn.ReLU(inplace=True))
 
 
-class GwdHead(nn.Module):
-    """The group saliency, single-image and collaborative blocks (eqs. 4-6)."""
+class TunedConv5(nn.Module):
+    """conv5_1 .. relu5_3 of VGG-16 with weights ``W + up @ down`` (LoRA, Hu et al., ICLR 2022).
 
-    def __init__(self, channels: int = 128):
+    ``W`` stays the frozen backbone's; only the rank-``rank`` factors are trained and saved (1.97 MB at rank 32,
+    against 28 MB for a copy of conv5). ``up`` starts at zero, so an untrained update is VGG-16 itself.
+    """
+
+    def __init__(self, rank: int = CONV5_RANK, channels: int = 512, layers: int = 3):
         super().__init__()
+        fan_in = channels * 9
+        self.down = nn.ParameterList(nn.Parameter(torch.empty(rank, fan_in)) for _ in range(layers))
+        self.up = nn.ParameterList(nn.Parameter(torch.zeros(channels, rank)) for _ in range(layers))
+        for down in self.down:
+            nn.init.kaiming_uniform_(down, a=math.sqrt(5))  # as torch's Linear (and LoRA) initialise theirs
+
+    def forward(self, pool4: torch.Tensor, conv5: nn.Sequential) -> torch.Tensor:
+        convolutions = [layer for layer in conv5 if isinstance(layer, nn.Conv2d)]
+        x = pool4.float()  # the feature cache stores float16
+        for convolution, down, up in zip(convolutions, self.down, self.up, strict=True):
+            weight = convolution.weight + (up @ down).view_as(convolution.weight)
+            x = F.relu(F.conv2d(x, weight, convolution.bias, padding=1))
+        return x
+
+
+class GwdHead(nn.Module):
+    """The group saliency, single-image and collaborative blocks (eqs. 4-6), and optionally conv5's update."""
+
+    def __init__(self, channels: int = 128, tune_encoder: bool = False):
+        super().__init__()
+        if tune_encoder:
+            self.conv5 = TunedConv5()
         self.group = nn.Sequential(_conv(GROUP_SIZE * 512, channels, 1), _conv(channels, channels),
                                    _conv(channels, channels))  # fmt: skip
         self.single = nn.Sequential(_conv(512, channels), _conv(channels, channels), _conv(channels, channels))
@@ -83,11 +115,34 @@ class GroupWiseFcn(FrozenBackboneNetwork):
     def __init__(self, backbone: VGG16Features, config: Mapping[str, Any] | None = None):
         super().__init__(config, DEFAULT_CONFIG)
         self.freeze("backbone", backbone)
-        self.head = GwdHead(int(self.config["channels"]))
+        self.head = GwdHead(int(self.config["channels"]), self.tunes_encoder)
+
+    @property
+    def tunes_encoder(self) -> bool:
+        return bool(self.config.get("tune_encoder", False))
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """The semantic block: relu5_3 (k, 512, S/16, S/16) of (k, 3, S, S) images in [0, 1]."""
-        return self.backbone.features[TO_RELU5_3](imagenet_normalise(images))
+        if not self.tunes_encoder:
+            return self.backbone.features[TO_RELU5_3](imagenet_normalise(images))
+        with torch.no_grad():
+            pool4 = self.backbone.features[TO_POOL4](imagenet_normalise(images))
+        return self.relu5_3(pool4)
+
+    def relu5_3(self, pool4: torch.Tensor) -> torch.Tensor:
+        """relu5_3 from pool4: the tuned conv5 (with gradients for its update), or the frozen one."""
+        if self.tunes_encoder:
+            return self.head.conv5(pool4, self.backbone.features[CONV5])
+        return self.backbone.features[CONV5](pool4)
+
+    def parameter_groups(self, lr: float, encoder_lr_scale: float | None = None) -> list[dict[str, Any]]:
+        """The optimiser's groups: conv5's update learns at ``encoder_lr_scale`` times ``lr`` (default 1)."""
+        tuned = "conv5" if self.tunes_encoder else None
+        return self.head_parameter_groups(tuned, lr, encoder_lr_scale or ENCODER_LR_SCALE)
+
+    def init_may_add(self) -> tuple[dict[str, Any], str]:
+        """What an --init head may lack: a head trained on the frozen conv5 gets a zero update."""
+        return ({"tune_encoder": True}, "conv5.") if self.tunes_encoder else ({}, "")
 
     def decode(self, semantic: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         """Logits (5, 1, S, S) of one sub-group of exactly five from its relu5_3 (5, 512, h, w)."""
@@ -109,12 +164,16 @@ class GroupWiseFcn(FrozenBackboneNetwork):
         return [self.decode(semantic, images.shape[-2:])]
 
     def encode_for_cache(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """relu5_3, and the global descriptor that picks the training sub-groups' neighbours."""
-        semantic = self.encode(images)
-        return {"relu5_3": semantic, "descriptor": global_descriptor(semantic, images)}
+        """relu5_3 (pool4 when conv5 is tuned: it changes at every step), and the global descriptor that picks
+        the training sub-groups' neighbours (always from the frozen relu5_3, so they do not move)."""
+        pool4 = self.backbone.features[TO_POOL4](imagenet_normalise(images))
+        semantic = self.backbone.features[CONV5](pool4)
+        features = {"pool4": pool4} if self.tunes_encoder else {"relu5_3": semantic}
+        return {**features, "descriptor": global_descriptor(semantic, images)}
 
     def forward_from_cache(self, cached: Mapping[str, torch.Tensor], size: Sequence[int]) -> list[torch.Tensor]:
-        return [self.decode(cached["relu5_3"], size)]
+        semantic = self.relu5_3(cached["pool4"]) if self.tunes_encoder else cached["relu5_3"]
+        return [self.decode(semantic, size)]
 
     def predict_group(self, images: torch.Tensor, chunk: int) -> torch.Tensor:
         """Maps (N, S, S) in [0, 1] of a group of any size N >= 1 (see :func:`covering_subsets`).

@@ -96,6 +96,15 @@ class FrozenBackboneNetwork(nn.Module):
         frozen = getattr(self, self._frozen[0])
         return next(module for module in frozen.modules() if not list(module.children()))
 
+    def head_parameter_groups(self, tuned: str | None, lr: float, tuned_scale: float) -> list[dict[str, Any]]:
+        """The optimiser's groups: the head's module ``tuned`` (a tuned part of the encoder; None: none)
+        learns at ``tuned_scale`` times ``lr``, the rest of the head at ``lr``."""
+        rest = [param for name, param in self.head.named_parameters() if not (tuned and name.startswith(tuned + "."))]
+        groups = [{"params": rest, "lr_scale": 1.0}]
+        if tuned:
+            groups.append({"params": list(getattr(self.head, tuned).parameters()), "lr_scale": tuned_scale})
+        return [{**group, "lr": lr * group["lr_scale"]} for group in groups]
+
     def train(self, mode: bool = True) -> FrozenBackboneNetwork:
         super().train(mode)
         for name in self._frozen:

@@ -191,6 +191,8 @@ def open_or_build(
     notice: Callable[[str], None],
 ) -> FeatureCache:
     """The cache in ``folder`` if ``cache.json`` matches ``identity``; otherwise built there first."""
+    # what the network caches depends on its config too (gwd caches pool4 when it tunes conv5)
+    identity = json.loads(json.dumps({**identity, "config": dict(getattr(network, "config", {}))}))
     cache = FeatureCache(folder, images, views)
     manifest = folder / "cache.json"
     if manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") == identity:

@@ -269,14 +269,14 @@ def _check_settings(method_class: type[TrainableMethod], settings: TrainSettings
             flag = "--" + name.replace("_", "-")
             raise UsageError(f"{flag} does not apply to method {settings.method!r}: it has no {what}")
     if settings.config.get("tune_encoder") and not method_class.tunable_encoder:
-        raise UsageError(f"--tune-encoder does not apply to method {settings.method!r}: only gicd has one to tune")
-    if settings.config.get("tune_encoder") and settings.cache_views:
-        raise UsageError("--tune-encoder trains from images (the tuned pyramid changes at every step): "
-                         "drop --cache-views")
+        raise UsageError(f"--tune-encoder does not apply to method {settings.method!r}: only gicd and gwd tune one")
+    if settings.config.get("tune_encoder") and settings.cache_views and not method_class.tuned_above_cache:
+        raise UsageError(f"--tune-encoder: {settings.method} trains from images (the tuned blocks change at every "
+                         "step): drop --cache-views")
     if settings.encoder_lr_scale is not None and not settings.config.get("tune_encoder"):
-        raise UsageError("--encoder-lr-scale sets the tuned pyramid's rate: use it with --tune-encoder")
+        raise UsageError("--encoder-lr-scale sets the tuned encoder's rate: use it with --tune-encoder")
     if settings.encoder_lr_scale == 0:
-        raise UsageError("--encoder-lr-scale 0 would never move the tuned pyramid: give a positive fraction, "
+        raise UsageError("--encoder-lr-scale 0 would never move the tuned encoder: give a positive fraction, "
                          "or drop --tune-encoder")
     if settings.sampler.outsider_fraction > 0 and not method_class.group_context:
         raise UsageError(
