@@ -124,6 +124,10 @@ class TunedPyramid(nn.Module):
 class GicdLite(FrozenBackboneNetwork):
     """Frozen EfficientNet-Lite0 (co-classifier and encoder) + the trainable ARM decoder ``head``."""
 
+    #: ``tune_encoder``: the head's copy of Lite0's early blocks (copied from Lite0, so an --init head without
+    #: one gets it), at a tenth of the decoder's rate: pre-trained weights are moved, not learnt from scratch
+    tuned_encoder, tuned_encoder_lr_scale = "encoder", ENCODER_LR_SCALE
+
     def __init__(self, classifier: EfficientNetLite0, config: Mapping[str, Any] | None = None):
         super().__init__(config, DEFAULT_CONFIG)
         self.freeze("classifier", classifier)
@@ -131,10 +135,6 @@ class GicdLite(FrozenBackboneNetwork):
         if self.tunes_encoder:
             # everything trained is in the head file, so the tuned copy lives in the head
             self.head.encoder = TunedPyramid(classifier)
-
-    @property
-    def tunes_encoder(self) -> bool:
-        return bool(self.config.get("tune_encoder", False))
 
     def encode(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The decoder's pyramid and the last conv features (the GIM's input).
@@ -150,17 +150,6 @@ class GicdLite(FrozenBackboneNetwork):
         if self.tunes_encoder:
             pyramid = self.head.encoder(normalised)
         return pyramid, features
-
-    def parameter_groups(self, lr: float, encoder_lr_scale: float | None = None) -> list[dict[str, Any]]:
-        """The optimiser's groups: the tuned pyramid learns at ``encoder_lr_scale`` times the decoder's rate
-        (default a tenth), as pre-trained weights are moved, not learnt from scratch."""
-        tuned = "encoder" if self.tunes_encoder else None
-        return self.head_parameter_groups(tuned, lr, encoder_lr_scale or ENCODER_LR_SCALE)
-
-    def init_may_add(self) -> tuple[dict[str, Any], str]:
-        """What an --init head may lack (config, and the prefix of its weights): a decoder trained without a
-        tuned pyramid gets one copied from Lite0."""
-        return ({"tune_encoder": True}, "encoder.") if self.tunes_encoder else ({}, "")
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """ImageNet logits from the last conv features (global average pool, then the classifier)."""

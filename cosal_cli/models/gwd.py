@@ -111,15 +111,13 @@ class GroupWiseFcn(FrozenBackboneNetwork):
 
     #: Training sub-groups are an anchor and its 4 nearest neighbours (:mod:`cosal_cli.training.neighbours`).
     neighbour_sub_group = GROUP_SIZE
+    #: ``tune_encoder``: conv5's update (zero at the start, so an --init head without one starts from its maps)
+    tuned_encoder, tuned_encoder_lr_scale = "conv5", ENCODER_LR_SCALE
 
     def __init__(self, backbone: VGG16Features, config: Mapping[str, Any] | None = None):
         super().__init__(config, DEFAULT_CONFIG)
         self.freeze("backbone", backbone)
         self.head = GwdHead(int(self.config["channels"]), self.tunes_encoder)
-
-    @property
-    def tunes_encoder(self) -> bool:
-        return bool(self.config.get("tune_encoder", False))
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """The semantic block: relu5_3 (k, 512, S/16, S/16) of (k, 3, S, S) images in [0, 1]."""
@@ -134,15 +132,6 @@ class GroupWiseFcn(FrozenBackboneNetwork):
         if self.tunes_encoder:
             return self.head.conv5(pool4, self.backbone.features[CONV5])
         return self.backbone.features[CONV5](pool4)
-
-    def parameter_groups(self, lr: float, encoder_lr_scale: float | None = None) -> list[dict[str, Any]]:
-        """The optimiser's groups: conv5's update learns at ``encoder_lr_scale`` times ``lr`` (default 1)."""
-        tuned = "conv5" if self.tunes_encoder else None
-        return self.head_parameter_groups(tuned, lr, encoder_lr_scale or ENCODER_LR_SCALE)
-
-    def init_may_add(self) -> tuple[dict[str, Any], str]:
-        """What an --init head may lack: a head trained on the frozen conv5 gets a zero update."""
-        return ({"tune_encoder": True}, "conv5.") if self.tunes_encoder else ({}, "")
 
     def decode(self, semantic: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         """Logits (5, 1, S, S) of one sub-group of exactly five from its relu5_3 (5, 512, h, w)."""

@@ -96,14 +96,30 @@ class FrozenBackboneNetwork(nn.Module):
         frozen = getattr(self, self._frozen[0])
         return next(module for module in frozen.modules() if not list(module.children()))
 
-    def head_parameter_groups(self, tuned: str | None, lr: float, tuned_scale: float) -> list[dict[str, Any]]:
-        """The optimiser's groups: the head's module ``tuned`` (a tuned part of the encoder; None: none)
-        learns at ``tuned_scale`` times ``lr``, the rest of the head at ``lr``."""
+    #: The head's module that tunes part of the encoder when the config has ``tune_encoder`` (None: none can),
+    #: and its learning rate / ``lr`` unless ``cosal train --encoder-lr-scale`` gives one.
+    tuned_encoder: str | None = None
+    tuned_encoder_lr_scale: float = 1.0
+
+    @property
+    def tunes_encoder(self) -> bool:
+        return bool(self.config.get("tune_encoder", False))
+
+    def parameter_groups(self, lr: float, encoder_lr_scale: float | None = None) -> list[dict[str, Any]]:
+        """The optimiser's groups: the tuned part of the encoder (if any) learns at ``encoder_lr_scale``
+        (default ``tuned_encoder_lr_scale``) times ``lr``, the rest of the head at ``lr``."""
+        tuned = self.tuned_encoder if self.tunes_encoder else None
         rest = [param for name, param in self.head.named_parameters() if not (tuned and name.startswith(tuned + "."))]
         groups = [{"params": rest, "lr_scale": 1.0}]
         if tuned:
-            groups.append({"params": list(getattr(self.head, tuned).parameters()), "lr_scale": tuned_scale})
+            scale = encoder_lr_scale or self.tuned_encoder_lr_scale
+            groups.append({"params": list(getattr(self.head, tuned).parameters()), "lr_scale": scale})
         return [{**group, "lr": lr * group["lr_scale"]} for group in groups]
+
+    def init_may_add(self) -> tuple[dict[str, Any], str]:
+        """What an --init head may lack (config, and the prefix of its weights): a head trained without the
+        tuned part of the encoder gets one as this network built it."""
+        return ({"tune_encoder": True}, self.tuned_encoder + ".") if self.tunes_encoder else ({}, "")
 
     def train(self, mode: bool = True) -> FrozenBackboneNetwork:
         super().train(mode)

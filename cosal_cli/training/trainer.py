@@ -64,7 +64,7 @@ class TrainSettings:
     cache_views: int = 0  # > 0: train from that many cached views per image (training/cache.py)
     cache_dir: Path | None = None  # where the feature cache lives (default: next to the output)
     init: str | None = None  # a head file or bundled component to start from, instead of the seeded initialisation
-    encoder_lr_scale: float | None = None  # gicd --tune-encoder: the tuned pyramid's rate / lr (None: the model's)
+    encoder_lr_scale: float | None = None  # --tune-encoder: the tuned part's rate / lr (None: the model's)
 
     @property
     def checkpoint(self) -> Path:
