@@ -82,6 +82,11 @@ class FrozenBackboneNetwork(nn.Module):
     whatever ``train()`` is called with, so their BatchNorm statistics and dropout never change.
     """
 
+    #: The head's module that tunes part of the encoder when the config has ``tune_encoder`` (None: none can),
+    #: and its learning rate / ``lr`` unless ``cosal train --encoder-lr-scale`` gives one.
+    tuned_encoder: str | None = None
+    tuned_encoder_lr_scale: float = 1.0
+
     def __init__(self, config: Mapping[str, Any] | None, defaults: Mapping[str, Any]):
         super().__init__()
         self.config = {**defaults, **(config or {})}
@@ -95,11 +100,6 @@ class FrozenBackboneNetwork(nn.Module):
         """The first layer of the first frozen module: every image of a group passes it when encoded."""
         frozen = getattr(self, self._frozen[0])
         return next(module for module in frozen.modules() if not list(module.children()))
-
-    #: The head's module that tunes part of the encoder when the config has ``tune_encoder`` (None: none can),
-    #: and its learning rate / ``lr`` unless ``cosal train --encoder-lr-scale`` gives one.
-    tuned_encoder: str | None = None
-    tuned_encoder_lr_scale: float = 1.0
 
     @property
     def tunes_encoder(self) -> bool:
