@@ -102,6 +102,7 @@ def test_tune_encoder_is_refused_where_it_cannot_work(tmp_path):
             str(tmp_path / "h.safetensors"), "--tune-encoder"]  # fmt: skip
     result = CliRunner().invoke(app, [*base, "-m", "sod"])
     assert result.exit_code == 2 and "--tune-encoder does not apply" in result.output
+    assert "methods that tune one: gicd, gwd" in " ".join(result.output.split())
     result = CliRunner().invoke(app, [*base, "-m", "gicd", "--cache-views", "1", "--offline"])
     assert result.exit_code == 2 and "trains from images" in result.output
     result = CliRunner().invoke(app, [*base, "-m", "gicd", "--encoder-lr-scale", "0", "--offline"])

@@ -269,7 +269,10 @@ def _check_settings(method_class: type[TrainableMethod], settings: TrainSettings
             flag = "--" + name.replace("_", "-")
             raise UsageError(f"{flag} does not apply to method {settings.method!r}: it has no {what}")
     if settings.config.get("tune_encoder") and not method_class.tunable_encoder:
-        raise UsageError(f"--tune-encoder does not apply to method {settings.method!r}: only gicd and gwd tune one")
+        tunable = sorted(name for name in methods.CARDS
+                         if getattr(methods.method_class(name), "tunable_encoder", False))
+        raise UsageError(f"--tune-encoder does not apply to method {settings.method!r}: methods that tune one: "
+                         f"{', '.join(tunable)}")
     if settings.config.get("tune_encoder") and settings.cache_views and not method_class.tuned_above_cache:
         raise UsageError(f"--tune-encoder: {settings.method} trains from images (the tuned blocks change at every "
                          "step): drop --cache-views")
