@@ -66,12 +66,12 @@ def test_a_step_moves_the_update_at_its_own_rate_and_never_vgg16():
     assert all(param.grad is None for param in network.backbone.parameters())
     assert torch.equal(network.backbone.features[24].weight, before)
     with torch.no_grad():
-        assert not torch.allclose(network.encode(images), frozen_relu5_3, atol=1e-6)
+        assert not torch.allclose(network.encode(images)[0], frozen_relu5_3, atol=1e-6)
 
 
 @pytest.mark.weights
-def test_cosal_train_tunes_conv5_from_the_cache_of_a_head_that_had_none_and_gwd_loads_it(tmp_path, real_weights,
-                                                                                         monkeypatch):  # fmt: skip
+def test_cosal_train_tunes_conv5_then_adds_the_skip_from_the_cache_and_gwd_loads_both(tmp_path, real_weights,
+                                                                                      monkeypatch):  # fmt: skip
     from cosal_cli.methods import gwd
 
     backbone = real_weights("vgg16-imagenet")
@@ -92,12 +92,29 @@ def test_cosal_train_tunes_conv5_from_the_cache_of_a_head_that_had_none_and_gwd_
     # the untuned run's cache in the same folder holds relu5_3: the tuned run needs pool4, so it rebuilt it
     assert "building the feature cache" in result.output and "using the feature cache" not in result.output
     head, begun = load_tensors(tuned), load_tensors(start)
-    assert head.metadata["config"] == {"channels": 128, "tune_encoder": True}
+    assert head.metadata["config"] == {"channels": 128, "output_stride": 16, "tune_encoder": True}
     assert set(head.tensors) - set(begun.tensors) == {name for name in head.tensors if name.startswith("conv5.")}
     assert all(head.tensors[f"conv5.up.{i}"].abs().max() > 0 for i in range(3))  # learnt from zero
     method = gwd.Method({"backbone": backbone, "head": tuned}, torch.device("cpu"))
     assert method.network.tunes_encoder
-    images, masks = toy_group(toy["data"], "c")
+    assert_finds_the_object(method, toy["data"])
+    # --output-stride 8 from the stride-16 head: only the skip is new, it is learnt from zero, and the cache grows
+    skipping = tmp_path / "skip.safetensors"
+    result = CliRunner().invoke(app, [*base, "--output", str(skipping), "--tune-encoder", "--output-stride", "8",
+                                      "--init", str(tuned)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "building the feature cache" in result.output  # the stride-16 cache has no pool3
+    head, begun = load_tensors(skipping), head
+    assert head.metadata["config"] == {"channels": 128, "output_stride": 8, "tune_encoder": True}
+    assert set(head.tensors) - set(begun.tensors) == {name for name in head.tensors if name.startswith("skip.")}
+    assert head.tensors["skip.score.weight"].abs().max() > 0
+    method = gwd.Method({"backbone": backbone, "head": skipping}, torch.device("cpu"))
+    assert method.network.skips
+    assert_finds_the_object(method, toy["data"])
+
+
+def assert_finds_the_object(method, data):
+    images, masks = toy_group(data, "c")
     maps = method.predict_group(torch.nn.functional.interpolate(images, size=128, mode="bilinear"))
     maps = torch.nn.functional.interpolate(maps[:, None], size=64, mode="bilinear")[:, 0]
     assert np.isfinite(maps.numpy()).all()

@@ -30,7 +30,7 @@ from cosal_cli.errors import UsageError
 from cosal_cli.methods import sod
 from cosal_cli.models.heads import HEAD_FORMAT, load_tensors, save_head, save_tensors
 from cosal_cli.splits import load_split, parse_split
-from cosal_cli.training import checkpoints, losses, trainer
+from cosal_cli.training import checkpoints, checks, losses, trainer
 from cosal_cli.training.sampler import (
     ImageStore,
     SamplerSettings,
@@ -387,7 +387,7 @@ def test_outsiders_are_refused_for_a_single_image_method(tmp_path):
     settings = trainer.TrainSettings(method="sod", data=[], split=None, output=tmp_path / "h.safetensors",
                                      sampler=SamplerSettings(outsider_fraction=0.2))  # fmt: skip
     with pytest.raises(UsageError, match="sees one image at a time"):
-        trainer._check_settings(trainer.trainable_method("sod"), settings)
+        checks.check_settings(checks.trainable_method("sod"), settings)
 
 
 # ----------------------------------------------------------------------------------------------

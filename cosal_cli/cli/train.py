@@ -102,6 +102,12 @@ def train(
         typer.Option(min=0.0, help="With --tune-encoder: the tuned encoder's learning rate as a "
                      "fraction of --lr. Default: 0.1 for GICD's copy, 1 for GWD's update (it starts at zero)."),
     ] = None,
+    output_stride: Annotated[
+        Optional[int],
+        typer.Option("--output-stride", metavar="16|8", help="GWD: 16, the paper's x16 deconvolution from relu5_3, "
+                     "or 8, which adds FCN-8s's skip from pool3 (--init from a stride-16 head starts it at zero). "
+                     "Default: 16."),
+    ] = None,
     co_category: Annotated[
         Optional[str],
         typer.Option("--co-category", metavar="table|imagenet|off", help="GS: the co-category supervision: the "
@@ -153,7 +159,7 @@ def train(
         method=method, data=list(data), split=load_split(split), output=output, epochs=epochs, lr=lr,
         sampler=sampler, val_limit=val_limit, per_group=per_group, checkpoint_every=checkpoint_every, device=device,
         precision=precision, resume=resume, offline=hub.offline_mode(offline),
-        config=_config(sism, branches, co_category, pooling, tune_encoder), cache_views=cache_views,
+        config=_config(sism, branches, co_category, pooling, tune_encoder, output_stride), cache_views=cache_views,
         cache_dir=cache_dir, init=init, encoder_lr_scale=encoder_lr_scale,
     )  # fmt: skip
     with progress_bar(quiet, None, TRAIN_COLUMNS) as progress:
@@ -169,7 +175,7 @@ def train(
 
 
 def _config(sism: str | None, branches: str | None, co_category: str | None, pooling: str | None,
-            tune_encoder: bool = False) -> dict:
+            tune_encoder: bool = False, output_stride: int | None = None) -> dict:
     """The head's config from the method-specific flags (checked against the method by the trainer)."""
     from cosal_cli.training.co_category import SOURCES
 
@@ -183,6 +189,8 @@ def _config(sism: str | None, branches: str | None, co_category: str | None, poo
         config["branches"] = ["pool3", "pool5"] if branches == "both" else [branches]
     if tune_encoder:
         config["tune_encoder"] = True
+    if output_stride is not None:
+        config["output_stride"] = output_stride
     return config
 
 

@@ -18,7 +18,7 @@ import torch
 
 from cosal_cli.methods import base
 from cosal_cli.methods.base import GroupImages
-from cosal_cli.models.gwd import FEATURE_SCALE, GROUP_SIZE, GroupWiseFcn, content_keys, covering_subsets
+from cosal_cli.models.gwd import FEATURE_SCALE, GROUP_SIZE, OUTPUT_STRIDES, GroupWiseFcn, content_keys, covering_subsets
 from cosal_cli.models.vgg import VGG16Features
 
 
@@ -29,6 +29,7 @@ class Method(base.TrainableMethod):
     trains_from_cache = True  # training sub-groups are picked by neighbours among cached descriptors
     tunable_encoder = True  # conv5, as a low-rank update of VGG-16's weights
     tuned_above_cache = True  # the cache holds pool4, below it
+    output_strides = OUTPUT_STRIDES  # 16: the paper's x16 deconvolution; 8: FCN-8s's pool3 skip as well
 
     @classmethod
     def build_network(cls, backbone: Path, config: Mapping | None = None) -> GroupWiseFcn:
@@ -41,30 +42,31 @@ class Method(base.TrainableMethod):
         return ("encode", "subsets")
 
     def export_graphs(self) -> list[base.ExportGraph]:
-        """Per image: scaled relu5_3 and the single-image block; per five-image subset: the maps."""
+        """Per image: scaled relu5_3, the single-image block (and pool3 for the skip); per five-image subset: the
+        maps."""
         traced = partial(base.GraphModule, self.network)  # a pass of the network, as a module to trace
         images = self.example_images()
         with torch.no_grad():
-            scaled, single = _encode(self.network, images)
-        subsets = (scaled[[0, 1, 0, 1, 0]][None], single[[0, 1, 0, 1, 0]][None])
-        batch = {0: "images"}
+            encoded = _encode(self.network, images)
+        names = _feature_names(self.network)
+        subsets = tuple(feature[[0, 1, 0, 1, 0]][None] for feature in encoded)
         return [
-            base.ExportGraph("encode", traced(_encode), (images,), ("images",), ("scaled", "single"),
-                             {"images": batch, "scaled": batch, "single": batch},
-                             "each image's scaled relu5_3 and single-image features"),
-            base.ExportGraph("subsets", traced(_subsets), subsets, ("scaled", "single"), ("maps",),
-                             {"scaled": {0: "subsets"}, "single": {0: "subsets"}, "maps": {0: "maps"}},
+            base.ExportGraph("encode", traced(_encode), (images,), ("images",), names,
+                             {name: {0: "images"} for name in ("images", *names)},
+                             "each image's scaled relu5_3 and single-image features (and pool3 for the skip)"),
+            base.ExportGraph("subsets", traced(_subsets), subsets, names, ("maps",),
+                             {**{name: {0: "subsets"} for name in names}, "maps": {0: "maps"}},
                              "maps (subsets x 5) of subsets of five images (the caller picks the covering "
                              "subsets and averages each image's maps)"),
         ]  # fmt: skip
 
     def predict_with_graphs(self, run, images: torch.Tensor, sources: GroupImages | None = None) -> torch.Tensor:
         encoded = [run("encode", {"images": chunk.numpy()}) for chunk in images.split(self.batch_size)]
-        scaled, single = (np.concatenate(parts) for parts in zip(*encoded))
+        features = dict(zip(_feature_names(self.network), (np.concatenate(parts) for parts in zip(*encoded))))
         subsets = np.array(covering_subsets(content_keys(images)))
         total = np.zeros((images.shape[0], *images.shape[-2:]), np.float32)
         for part in np.array_split(subsets, max(1, -(-len(subsets) // self.batch_size))):
-            maps = run("subsets", {"scaled": scaled[part], "single": single[part]})[0]
+            maps = run("subsets", {name: feature[part] for name, feature in features.items()})[0]
             np.add.at(total, part.reshape(-1), maps)
         return torch.from_numpy(total / np.bincount(subsets.reshape(-1), minlength=len(total))[:, None, None])
 
@@ -75,11 +77,20 @@ class Method(base.TrainableMethod):
                 "by repeating its images, so the group context is weaker than in a larger group"]  # fmt: skip
 
 
-def _encode(network: GroupWiseFcn, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    scaled = network.encode(images) * FEATURE_SCALE
-    return scaled, network.head.single(scaled)
+def _feature_names(network: GroupWiseFcn) -> tuple[str, ...]:
+    return ("scaled", "single", "pool3") if network.skips else ("scaled", "single")
 
 
-def _subsets(network: GroupWiseFcn, scaled: torch.Tensor, single: torch.Tensor) -> torch.Tensor:
-    """(B, 5, 512, h, w) and (B, 5, C, h, w) to the maps (B * 5, 16 h, 16 w) in [0, 1]."""
-    return torch.sigmoid(network.head.collaborate(single, network.head.group_feature(scaled))[:, 0])
+def _encode(network: GroupWiseFcn, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    semantic, pool3 = network.encode(images)
+    scaled = semantic * FEATURE_SCALE
+    single = network.head.single(scaled)
+    return (scaled, single) if pool3 is None else (scaled, single, pool3)
+
+
+def _subsets(network: GroupWiseFcn, scaled: torch.Tensor, single: torch.Tensor,
+             pool3: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """(B, 5, 512, h, w), (B, 5, C, h, w) and for the skip pool3 (B, 5, 256, 2h, 2w) to the maps (B * 5, 16 h, 16 w)
+    in [0, 1]."""
+    detail = None if pool3 is None else pool3.flatten(0, 1)
+    return torch.sigmoid(network.head.collaborate(single, network.head.group_feature(scaled), detail)[:, 0])

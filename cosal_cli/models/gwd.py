@@ -11,6 +11,10 @@ Five images go in together and five maps come out:
   score to one channel and a learned deconvolution (x16, initialised bilinear) to the input size;
   the sigmoid is the map. The loss is squared L2 (eq. 7).
 
+With ``output_stride`` 8 the head also has FCN-8s's skip (Long et al., CVPR 2015; GWD is an FCN): a
+correction of the logits at 1/8 of the input from VGG-16's pool3 and the collaborative feature
+(:class:`Pool3Skip`). The paper's single x16 deconvolution draws the maps' edges from 1/16 of the input.
+
 The paper fine-tunes everything from a saliency VGG-16; here VGG-16 stays frozen, shared with the
 other cosal methods, and the blocks above it (the head) are what ``cosal train`` learns: fine-tuning
 in spirit, on cosal's frozen backbone. With ``tune_encoder`` the head also tunes VGG-16's conv5 block, as a
@@ -39,14 +43,18 @@ from cosal_cli.models.vgg import VGG16Features, imagenet_normalise
 GROUP_SIZE = 5  # the paper's K
 COVER = 3  # every image of a group of 5 or more is predicted in at least this many subsets
 #: Optional ``tune_encoder``: conv5_1 .. conv5_3 take a trained low-rank update (:class:`TunedConv5`).
-DEFAULT_CONFIG: dict[str, Any] = {"channels": 128}
-TO_RELU5_3 = slice(0, 30)  # ``VGG16Features.features``: conv1_1 .. relu5_3, the 13 convolutions
-TO_POOL4, CONV5 = slice(0, 24), slice(24, 30)  # what stays frozen and what a tuned head updates
+#: ``output_stride``: 16, the paper's x16 deconvolution; 8 adds the pool3 skip (:class:`Pool3Skip`).
+DEFAULT_CONFIG: dict[str, Any] = {"channels": 128, "output_stride": 16}
+OUTPUT_STRIDES = (16, 8)
+# ``VGG16Features.features``: conv1_1 .. pool3, pool3 .. pool4 (what stays frozen) and conv5 (what a tuned head updates)
+TO_POOL3, POOL3_TO_POOL4, CONV5 = slice(0, 17), slice(17, 24), slice(24, 30)
 CONV5_RANK = 32  # the update's rank per convolution (512 x 4,608 weights each)
 ENCODER_LR_SCALE = 1.0  # the update's learning rate / --lr: it starts at zero, so it is learnt, not moved
 LAB_BINS = (4, 6, 6)  # L, a, b bins of the colour histogram in the global descriptor
 FOREGROUND_PRIOR = 0.2  # the share of a map the head predicts as salient before training
 FEATURE_SCALE = 1 / 8  # relu5_3 has a standard deviation of about 8 (up to ~400): brought near 1 for the head
+POOL3_SCALE = 1 / 512  # pool3's standard deviation is about 540 (up to ~10,000)
+SKIP_CHANNELS = 64
 
 
 def _conv(inputs: int, outputs: int, kernel: int = 3) -> nn.Sequential:
@@ -77,13 +85,33 @@ class TunedConv5(nn.Module):
         return x
 
 
-class GwdHead(nn.Module):
-    """The group saliency, single-image and collaborative blocks (eqs. 4-6), and optionally conv5's update."""
+class Pool3Skip(nn.Module):
+    """FCN-8s's skip: logits at 1/8 of the input from pool3 and the collaborative feature (upsampled x2),
+    added to the x16 maps' logits. Its score starts at zero, so an --init head without one keeps its maps."""
 
-    def __init__(self, channels: int = 128, tune_encoder: bool = False):
+    def __init__(self, channels: int, detail: int = SKIP_CHANNELS):
+        super().__init__()
+        self.detail = _conv(256, detail)
+        self.fuse = _conv(channels + detail, detail)
+        self.score = nn.Conv2d(detail, 1, kernel_size=1)
+        nn.init.zeros_(self.score.weight)
+        nn.init.zeros_(self.score.bias)
+
+    def forward(self, collaborative: torch.Tensor, pool3: torch.Tensor) -> torch.Tensor:
+        coarse = F.interpolate(collaborative, size=pool3.shape[-2:], mode="bilinear", align_corners=False)
+        return self.score(self.fuse(torch.cat([coarse, self.detail(pool3.float() * POOL3_SCALE)], dim=1)))
+
+
+class GwdHead(nn.Module):
+    """The group saliency, single-image and collaborative blocks (eqs. 4-6), optionally conv5's update
+    and the pool3 skip."""
+
+    def __init__(self, channels: int = 128, tune_encoder: bool = False, skip: bool = False):
         super().__init__()
         if tune_encoder:
             self.conv5 = TunedConv5()
+        if skip:
+            self.skip = Pool3Skip(channels)
         self.group = nn.Sequential(_conv(GROUP_SIZE * 512, channels, 1), _conv(channels, channels),
                                    _conv(channels, channels))  # fmt: skip
         self.single = nn.Sequential(_conv(512, channels), _conv(channels, channels), _conv(channels, channels))
@@ -100,10 +128,16 @@ class GwdHead(nn.Module):
         """(B, 5, 512, h, w) relu5_3 of B subsets to their group features X (B, C, h, w)."""
         return self.group(semantic.flatten(1, 2))
 
-    def collaborate(self, single: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-        """Single-image features (B, 5, C, h, w) and group features (B, C, h, w) to logits (B * 5, 1, H, W)."""
+    def collaborate(self, single: torch.Tensor, group: torch.Tensor, pool3: torch.Tensor | None) -> torch.Tensor:
+        """Single-image features (B, 5, C, h, w), group features (B, C, h, w) and, with the skip, pool3
+        (B * 5, 256, 2h, 2w) to logits (B * 5, 1, 16h, 16w)."""
         joined = torch.cat([single, group[:, None].expand_as(single)], dim=2).flatten(0, 1)
-        return self.upsample(self.score(self.collaborative(joined)))
+        collaborative = self.collaborative(joined)
+        logits = self.upsample(self.score(collaborative))
+        if pool3 is None:
+            return logits
+        fine = self.skip(collaborative, pool3)
+        return logits + F.interpolate(fine, size=logits.shape[-2:], mode="bilinear", align_corners=False)
 
 
 class GroupWiseFcn(FrozenBackboneNetwork):
@@ -116,16 +150,24 @@ class GroupWiseFcn(FrozenBackboneNetwork):
 
     def __init__(self, backbone: VGG16Features, config: Mapping[str, Any] | None = None):
         super().__init__(config, DEFAULT_CONFIG)
+        if self.config["output_stride"] not in OUTPUT_STRIDES:
+            raise ValueError(f"GWD's output_stride is one of {OUTPUT_STRIDES}, not {self.config['output_stride']!r}")
         self.freeze("backbone", backbone)
-        self.head = GwdHead(int(self.config["channels"]), self.tunes_encoder)
+        self.skips = self.config["output_stride"] == 8
+        self.head = GwdHead(int(self.config["channels"]), self.tunes_encoder, self.skips)
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """The semantic block: relu5_3 (k, 512, S/16, S/16) of (k, 3, S, S) images in [0, 1]."""
-        if not self.tunes_encoder:
-            return self.backbone.features[TO_RELU5_3](imagenet_normalise(images))
+    def init_may_add(self) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """An --init head may also lack the pool3 skip: this network's starts at zero."""
+        added, prefixes = super().init_may_add()
+        return ({**added, "output_stride": 8}, (*prefixes, "skip.")) if self.skips else (added, prefixes)
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The semantic block: relu5_3 (k, 512, S/16, S/16) of (k, 3, S, S) images in [0, 1]; and pool3
+        (k, 256, S/8, S/8) for the skip (None without one)."""
         with torch.no_grad():
-            pool4 = self.backbone.features[TO_POOL4](imagenet_normalise(images))
-        return self.relu5_3(pool4)
+            pool3 = self.backbone.features[TO_POOL3](imagenet_normalise(images))
+            pool4 = self.backbone.features[POOL3_TO_POOL4](pool3)
+        return self.relu5_3(pool4), pool3 if self.skips else None
 
     def relu5_3(self, pool4: torch.Tensor) -> torch.Tensor:
         """relu5_3 from pool4: the tuned conv5 (with gradients for its update), or the frozen one."""
@@ -133,36 +175,41 @@ class GroupWiseFcn(FrozenBackboneNetwork):
             return self.head.conv5(pool4, self.backbone.features[CONV5])
         return self.backbone.features[CONV5](pool4)
 
-    def decode(self, semantic: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        """Logits (5, 1, S, S) of one sub-group of exactly five from its relu5_3 (5, 512, h, w)."""
+    def decode(self, semantic: torch.Tensor, size: Sequence[int], pool3: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (5, 1, S, S) of one sub-group of exactly five from its relu5_3 (5, 512, h, w) and pool3."""
         if semantic.shape[0] != GROUP_SIZE:
             raise ValueError(f"GWD takes sub-groups of exactly {GROUP_SIZE} images, not {semantic.shape[0]}")
         scaled = semantic.float() * FEATURE_SCALE
         everyone = torch.arange(GROUP_SIZE, device=semantic.device)[None]
-        return self._subset_logits(scaled, self.head.single(scaled), everyone, size)
+        return self._subset_logits(scaled, self.head.single(scaled), pool3, everyone, size)
 
-    def _subset_logits(self, scaled: torch.Tensor, single: torch.Tensor, subsets: torch.Tensor,
-                       size: Sequence[int]) -> torch.Tensor:  # fmt: skip
-        """Logits (B * 5, 1, S, S) of B subsets (B, 5) of images, from their scaled relu5_3 and single features."""
+    def _subset_logits(self, scaled: torch.Tensor, single: torch.Tensor, pool3: torch.Tensor | None,
+                       subsets: torch.Tensor, size: Sequence[int]) -> torch.Tensor:  # fmt: skip
+        """Logits (B * 5, 1, S, S) of B subsets (B, 5) of images, from their scaled relu5_3, single features
+        and pool3."""
         group = self.head.group_feature(scaled[subsets])
-        return _to_size(self.head.collaborate(single[subsets], group), size)
+        detail = None if pool3 is None else pool3[subsets].flatten(0, 1)
+        return _to_size(self.head.collaborate(single[subsets], group, detail), size)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         with torch.no_grad():
-            semantic = self.encode(images)
-        return [self.decode(semantic, images.shape[-2:])]
+            semantic, pool3 = self.encode(images)
+        return [self.decode(semantic, images.shape[-2:], pool3)]
 
     def encode_for_cache(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """relu5_3 (pool4 when conv5 is tuned: it changes at every step), and the global descriptor that picks
         the training sub-groups' neighbours (always from the frozen relu5_3, so they do not move)."""
-        pool4 = self.backbone.features[TO_POOL4](imagenet_normalise(images))
+        pool3 = self.backbone.features[TO_POOL3](imagenet_normalise(images))
+        pool4 = self.backbone.features[POOL3_TO_POOL4](pool3)
         semantic = self.backbone.features[CONV5](pool4)
         features = {"pool4": pool4} if self.tunes_encoder else {"relu5_3": semantic}
+        if self.skips:
+            features["pool3"] = pool3
         return {**features, "descriptor": global_descriptor(semantic, images)}
 
     def forward_from_cache(self, cached: Mapping[str, torch.Tensor], size: Sequence[int]) -> list[torch.Tensor]:
         semantic = self.relu5_3(cached["pool4"]) if self.tunes_encoder else cached["relu5_3"]
-        return [self.decode(semantic, size)]
+        return [self.decode(semantic, size, cached["pool3"] if self.skips else None)]
 
     def predict_group(self, images: torch.Tensor, chunk: int) -> torch.Tensor:
         """Maps (N, S, S) in [0, 1] of a group of any size N >= 1 (see :func:`covering_subsets`).
@@ -171,12 +218,14 @@ class GroupWiseFcn(FrozenBackboneNetwork):
         blocks run per subset, ``chunk`` subsets at a time.
         """
         with torch.no_grad():
-            scaled = torch.cat([self.encode(part) for part in images.split(chunk)]) * FEATURE_SCALE
+            encoded = [self.encode(part) for part in images.split(chunk)]
+            scaled = torch.cat([semantic for semantic, _ in encoded]) * FEATURE_SCALE
+            pool3 = torch.cat([pool3 for _, pool3 in encoded]) if self.skips else None
             single = torch.cat([self.head.single(part) for part in scaled.split(chunk)])
             subsets = torch.tensor(covering_subsets(content_keys(images)), device=images.device)
             total = torch.zeros(images.shape[0], *images.shape[-2:], device=images.device)
             for part in subsets.split(chunk):
-                logits = self._subset_logits(scaled, single, part, images.shape[-2:])
+                logits = self._subset_logits(scaled, single, pool3, part, images.shape[-2:])
                 total.index_add_(0, part.flatten(), torch.sigmoid(logits[:, 0].float()))
             count = torch.bincount(subsets.flatten(), minlength=images.shape[0])
         return total / count[:, None, None]

@@ -116,10 +116,10 @@ class FrozenBackboneNetwork(nn.Module):
             groups.append({"params": list(getattr(self.head, tuned).parameters()), "lr_scale": scale})
         return [{**group, "lr": lr * group["lr_scale"]} for group in groups]
 
-    def init_may_add(self) -> tuple[dict[str, Any], str]:
-        """What an --init head may lack (config, and the prefix of its weights): a head trained without the
+    def init_may_add(self) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """What an --init head may lack (config, and the prefixes of its weights): a head trained without the
         tuned part of the encoder gets one as this network built it."""
-        return ({"tune_encoder": True}, self.tuned_encoder + ".") if self.tunes_encoder else ({}, "")
+        return ({"tune_encoder": True}, (self.tuned_encoder + ".",)) if self.tunes_encoder else ({}, ())
 
     def train(self, mode: bool = True) -> FrozenBackboneNetwork:
         super().train(mode)

@@ -100,7 +100,7 @@ def load_initial_head(settings, network, hub, backbone) -> dict[str, Any] | None
     trained_for = head.metadata.get("backbone", {}).get("sha256")
     if trained_for != backbone.sha256:
         raise UsageError(f"--init {settings.init} was trained on another backbone than {backbone.id} ({trained_for})")
-    added, prefix = network.init_may_add() if hasattr(network, "init_may_add") else ({}, "")
+    added, prefixes = network.init_may_add() if hasattr(network, "init_may_add") else ({}, ())
     if {**head.config, **added} != {**network.config, **added}:
         raise UsageError(
             f"--init {settings.init} has config {head.config}, this run builds {dict(network.config)}: "
@@ -108,7 +108,7 @@ def load_initial_head(settings, network, hub, backbone) -> dict[str, Any] | None
         )
     # a module the run adds (gicd's tuned pyramid) keeps the weights it was built with
     missing, unexpected = network.head.load_state_dict(head.tensors, strict=not added)
-    if unexpected or any(not (prefix and name.startswith(prefix)) for name in missing):
+    if unexpected or any(not name.startswith(prefixes) for name in missing):
         raise UsageError(f"--init {settings.init} does not match this head's weights: missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}")  # fmt: skip
     return {"from": settings.init, "sha256": sha256_file(path), "kept": head.metadata.get("validation", {}).get("kept")}
