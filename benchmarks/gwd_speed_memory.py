@@ -7,8 +7,8 @@ Groups are made from the committed example images, copied to the size wanted; we
 (median of --repeats) and the end-to-end images/s of `cosal detect --json` for `gwd` and for `sod`
 (one VGG-16 pass per image, no group), their ratio, GWD's head passes per image (its covering design),
 then the peak resident memory of `cosal detect --method gwd` per group size. GWD keeps every image's
-relu5_3 (512 x 14 x 14 floats, 0.4 MB), and with the pool3 skip its pool3 (256 x 28 x 28, 0.8 MB), for the
-whole group, so memory grows linearly with the group.
+relu5_3 (512 x 14 x 14 floats, 0.4 MB), and with the pool3 skip its details of pool3 (64 x 28 x 28, 0.2 MB),
+for the whole group, so memory grows linearly with the group.
 """
 
 from __future__ import annotations

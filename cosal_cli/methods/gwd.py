@@ -42,8 +42,8 @@ class Method(base.TrainableMethod):
         return ("encode", "subsets")
 
     def export_graphs(self) -> list[base.ExportGraph]:
-        """Per image: scaled relu5_3, the single-image block (and pool3 for the skip); per five-image subset: the
-        maps."""
+        """Per image: scaled relu5_3, the single-image block (and the skip's details of pool3); per five-image
+        subset: the maps."""
         traced = partial(base.GraphModule, self.network)  # a pass of the network, as a module to trace
         images = self.example_images()
         with torch.no_grad():
@@ -53,7 +53,7 @@ class Method(base.TrainableMethod):
         return [
             base.ExportGraph("encode", traced(_encode), (images,), ("images",), names,
                              {name: {0: "images"} for name in ("images", *names)},
-                             "each image's scaled relu5_3 and single-image features (and pool3 for the skip)"),
+                             "each image's scaled relu5_3 and single-image features (and the skip's details)"),
             base.ExportGraph("subsets", traced(_subsets), subsets, names, ("maps",),
                              {**{name: {0: "subsets"} for name in names}, "maps": {0: "maps"}},
                              "maps (subsets x 5) of subsets of five images (the caller picks the covering "
@@ -78,19 +78,19 @@ class Method(base.TrainableMethod):
 
 
 def _feature_names(network: GroupWiseFcn) -> tuple[str, ...]:
-    return ("scaled", "single", "pool3") if network.skips else ("scaled", "single")
+    return ("scaled", "single", "details") if network.skips else ("scaled", "single")
 
 
 def _encode(network: GroupWiseFcn, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
     semantic, pool3 = network.encode(images)
     scaled = semantic * FEATURE_SCALE
     single = network.head.single(scaled)
-    return (scaled, single) if pool3 is None else (scaled, single, pool3)
+    return (scaled, single) if pool3 is None else (scaled, single, network.head.skip.details(pool3))
 
 
 def _subsets(network: GroupWiseFcn, scaled: torch.Tensor, single: torch.Tensor,
-             pool3: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-    """(B, 5, 512, h, w), (B, 5, C, h, w) and for the skip pool3 (B, 5, 256, 2h, 2w) to the maps (B * 5, 16 h, 16 w)
-    in [0, 1]."""
-    detail = None if pool3 is None else pool3.flatten(0, 1)
-    return torch.sigmoid(network.head.collaborate(single, network.head.group_feature(scaled), detail)[:, 0])
+             details: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """(B, 5, 512, h, w), (B, 5, C, h, w) and for the skip the details (B, 5, 64, 2h, 2w) to the maps
+    (B * 5, 16 h, 16 w) in [0, 1]."""
+    picked = None if details is None else details.flatten(0, 1)
+    return torch.sigmoid(network.head.collaborate(single, network.head.group_feature(scaled), picked)[:, 0])

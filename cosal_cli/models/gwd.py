@@ -87,7 +87,10 @@ class TunedConv5(nn.Module):
 
 class Pool3Skip(nn.Module):
     """FCN-8s's skip: logits at 1/8 of the input from pool3 and the collaborative feature (upsampled x2),
-    added to the x16 maps' logits. Its score starts at zero, so an --init head without one keeps its maps."""
+    added to the x16 maps' logits. Its score starts at zero, so an --init head without one keeps its maps.
+
+    :meth:`details` depends on one image only, so inference runs it once per image, not once per subset.
+    """
 
     def __init__(self, channels: int, detail: int = SKIP_CHANNELS):
         super().__init__()
@@ -97,9 +100,13 @@ class Pool3Skip(nn.Module):
         nn.init.zeros_(self.score.weight)
         nn.init.zeros_(self.score.bias)
 
-    def forward(self, collaborative: torch.Tensor, pool3: torch.Tensor) -> torch.Tensor:
-        coarse = F.interpolate(collaborative, size=pool3.shape[-2:], mode="bilinear", align_corners=False)
-        return self.score(self.fuse(torch.cat([coarse, self.detail(pool3.float() * POOL3_SCALE)], dim=1)))
+    def details(self, pool3: torch.Tensor) -> torch.Tensor:
+        """(k, 256, h, w) pool3 to the (k, 64, h, w) features the skip reads."""
+        return self.detail(pool3.float() * POOL3_SCALE)
+
+    def forward(self, collaborative: torch.Tensor, details: torch.Tensor) -> torch.Tensor:
+        coarse = F.interpolate(collaborative, size=details.shape[-2:], mode="bilinear", align_corners=False)
+        return self.score(self.fuse(torch.cat([coarse, details], dim=1)))
 
 
 class GwdHead(nn.Module):
@@ -128,15 +135,15 @@ class GwdHead(nn.Module):
         """(B, 5, 512, h, w) relu5_3 of B subsets to their group features X (B, C, h, w)."""
         return self.group(semantic.flatten(1, 2))
 
-    def collaborate(self, single: torch.Tensor, group: torch.Tensor, pool3: torch.Tensor | None) -> torch.Tensor:
-        """Single-image features (B, 5, C, h, w), group features (B, C, h, w) and, with the skip, pool3
-        (B * 5, 256, 2h, 2w) to logits (B * 5, 1, 16h, 16w)."""
+    def collaborate(self, single: torch.Tensor, group: torch.Tensor, details: torch.Tensor | None) -> torch.Tensor:
+        """Single-image features (B, 5, C, h, w), group features (B, C, h, w) and, with the skip, the
+        details of pool3 (B * 5, 64, 2h, 2w) to logits (B * 5, 1, 16h, 16w)."""
         joined = torch.cat([single, group[:, None].expand_as(single)], dim=2).flatten(0, 1)
         collaborative = self.collaborative(joined)
         logits = self.upsample(self.score(collaborative))
-        if pool3 is None:
+        if details is None:
             return logits
-        fine = self.skip(collaborative, pool3)
+        fine = self.skip(collaborative, details)
         return logits + F.interpolate(fine, size=logits.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -181,15 +188,16 @@ class GroupWiseFcn(FrozenBackboneNetwork):
             raise ValueError(f"GWD takes sub-groups of exactly {GROUP_SIZE} images, not {semantic.shape[0]}")
         scaled = semantic.float() * FEATURE_SCALE
         everyone = torch.arange(GROUP_SIZE, device=semantic.device)[None]
-        return self._subset_logits(scaled, self.head.single(scaled), pool3, everyone, size)
+        details = None if pool3 is None else self.head.skip.details(pool3)
+        return self._subset_logits(scaled, self.head.single(scaled), details, everyone, size)
 
-    def _subset_logits(self, scaled: torch.Tensor, single: torch.Tensor, pool3: torch.Tensor | None,
+    def _subset_logits(self, scaled: torch.Tensor, single: torch.Tensor, details: torch.Tensor | None,
                        subsets: torch.Tensor, size: Sequence[int]) -> torch.Tensor:  # fmt: skip
         """Logits (B * 5, 1, S, S) of B subsets (B, 5) of images, from their scaled relu5_3, single features
-        and pool3."""
+        and the skip's details."""
         group = self.head.group_feature(scaled[subsets])
-        detail = None if pool3 is None else pool3[subsets].flatten(0, 1)
-        return _to_size(self.head.collaborate(single[subsets], group, detail), size)
+        picked = None if details is None else details[subsets].flatten(0, 1)
+        return _to_size(self.head.collaborate(single[subsets], group, picked), size)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         with torch.no_grad():
@@ -218,17 +226,26 @@ class GroupWiseFcn(FrozenBackboneNetwork):
         blocks run per subset, ``chunk`` subsets at a time.
         """
         with torch.no_grad():
-            encoded = [self.encode(part) for part in images.split(chunk)]
-            scaled = torch.cat([semantic for semantic, _ in encoded]) * FEATURE_SCALE
-            pool3 = torch.cat([pool3 for _, pool3 in encoded]) if self.skips else None
+            scaled, details = self._encode_group(images, chunk)
             single = torch.cat([self.head.single(part) for part in scaled.split(chunk)])
             subsets = torch.tensor(covering_subsets(content_keys(images)), device=images.device)
             total = torch.zeros(images.shape[0], *images.shape[-2:], device=images.device)
             for part in subsets.split(chunk):
-                logits = self._subset_logits(scaled, single, pool3, part, images.shape[-2:])
+                logits = self._subset_logits(scaled, single, details, part, images.shape[-2:])
                 total.index_add_(0, part.flatten(), torch.sigmoid(logits[:, 0].float()))
             count = torch.bincount(subsets.flatten(), minlength=images.shape[0])
         return total / count[:, None, None]
+
+    def _encode_group(self, images: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scaled relu5_3 and the skip's details (None without one) of every image, ``chunk`` at a time:
+        a chunk's pool3 is dropped once its details are made (64 channels kept instead of 256)."""
+        scaled, details = [], []
+        for part in images.split(chunk):
+            semantic, pool3 = self.encode(part)
+            scaled.append(semantic * FEATURE_SCALE)
+            if pool3 is not None:
+                details.append(self.head.skip.details(pool3))
+        return torch.cat(scaled), torch.cat(details) if details else None
 
 
 def content_keys(images: torch.Tensor) -> list[str]:
