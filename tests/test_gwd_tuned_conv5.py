@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from cosal_cli.cli import app
 from cosal_cli.models.gwd import GroupWiseFcn
-from cosal_cli.models.heads import load_tensors
+from cosal_cli.models.heads import load_tensors, save_head
 from cosal_cli.models.vgg import VGG16Features
 from cosal_cli.training import trainer
 
@@ -83,6 +83,8 @@ def test_cosal_train_tunes_conv5_then_adds_the_skip_from_the_cache_and_gwd_loads
     start = tmp_path / "start.safetensors"
     result = CliRunner().invoke(app, [*base, "--output", str(start), "--epochs", "2"])
     assert result.exit_code == 0, result.output
+    older = load_tensors(start)  # as a head saved before gwd had an output stride: its config does not say 16
+    save_head(start, older.tensors, {**older.metadata, "config": {"channels": 128}})
     result = CliRunner().invoke(app, [*base[:-4], "--output", str(tmp_path / "t.safetensors"), "--tune-encoder"])
     assert result.exit_code == 2 and "add --cache-views 1" in result.output  # its sub-groups need the cache
     tuned = tmp_path / "tuned.safetensors"

@@ -89,6 +89,7 @@ class FrozenBackboneNetwork(nn.Module):
 
     def __init__(self, config: Mapping[str, Any] | None, defaults: Mapping[str, Any]):
         super().__init__()
+        self.defaults = dict(defaults)  # what a head file saved before a key was added had, without saying it
         self.config = {**defaults, **(config or {})}
         self._frozen: list[str] = []
 

@@ -101,7 +101,7 @@ def load_initial_head(settings, network, hub, backbone) -> dict[str, Any] | None
     if trained_for != backbone.sha256:
         raise UsageError(f"--init {settings.init} was trained on another backbone than {backbone.id} ({trained_for})")
     added, prefixes = network.init_may_add() if hasattr(network, "init_may_add") else ({}, ())
-    if {**head.config, **added} != {**network.config, **added}:
+    if {**getattr(network, "defaults", {}), **head.config, **added} != {**network.config, **added}:
         raise UsageError(
             f"--init {settings.init} has config {head.config}, this run builds {dict(network.config)}: "
             "pass the same method flags (for example --sism)"
