@@ -69,6 +69,7 @@ def test_the_skip_learns_from_its_zero_start():
 @pytest.mark.parametrize(("method", "stride", "message"), [
     ("sod", 8, "--output-stride does not apply to method 'sod'"),
     ("gwd", 4, "--output-stride must be 16 or 8 for gwd, not 4"),
+    ("csmg", 16, "--output-stride must be 32 or 8 for csmg, not 16"),
 ])  # fmt: skip
 def test_output_strides_the_method_cannot_give_are_refused(tmp_path, method, stride, message):
     settings = trainer.TrainSettings(method=method, data=[], split=None, output=tmp_path / "h.safetensors",

@@ -104,9 +104,9 @@ def train(
     ] = None,
     output_stride: Annotated[
         Optional[int],
-        typer.Option("--output-stride", metavar="16|8", help="GWD: 16, the paper's x16 deconvolution from relu5_3, "
-                     "or 8, which adds FCN-8s's skip from pool3 (--init from a stride-16 head starts it at zero). "
-                     "Default: 16."),
+        typer.Option("--output-stride", metavar="N", help="GWD: 16 (the paper's x16 deconvolution); CSMG: 32 (the "
+                     "paper's x32). 8 adds FCN-8s's skip from pool3 to either (--init from a head without one starts "
+                     "it at zero, from that head's maps). Default: the paper's."),
     ] = None,
     co_category: Annotated[
         Optional[str],

@@ -23,7 +23,7 @@ import torch
 from cosal_cli.methods import base
 from cosal_cli.methods.base import GroupImages
 from cosal_cli.methods.options import CsmgOptions
-from cosal_cli.models.csmg import MaskGuidedFcn
+from cosal_cli.models.csmg import OUTPUT_STRIDES, MaskGuidedFcn
 from cosal_cli.models.vgg import VGG16Features
 from cosal_cli.refine.admm import AdmmSettings, co_salient_masks
 
@@ -48,6 +48,7 @@ class Method(base.TrainableMethod):
     trains_from_cache = True
     cached_sub_groups = True  # the cache holds each view masked by the ADMM of its own sub-group
     options_class = CsmgOptions
+    output_strides = OUTPUT_STRIDES  # 32: the paper's x32 deconvolution; 8: FCN-8s's pool3 skip as well
 
     def head_role(self) -> str:
         return HEAD_ROLES[self.options.branch_choice]
@@ -110,4 +111,4 @@ class Method(base.TrainableMethod):
 
 def _decode(network: MaskGuidedFcn, pool3: torch.Tensor, relu5_3: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     branches = network.branch_features(pool3, relu5_3, masks)
-    return torch.sigmoid(network.decode(branches, (pool3.shape[-2] * 8, pool3.shape[-1] * 8))[:, 0])
+    return torch.sigmoid(network.decode(branches, (pool3.shape[-2] * 8, pool3.shape[-1] * 8), pool3)[:, 0])

@@ -18,7 +18,7 @@ import torch
 
 from cosal_cli.methods import base
 from cosal_cli.methods.base import GroupImages
-from cosal_cli.models.gwd import FEATURE_SCALE, GROUP_SIZE, OUTPUT_STRIDES, GroupWiseFcn, content_keys, covering_subsets
+from cosal_cli.models.gwd import GROUP_SIZE, OUTPUT_STRIDES, GroupWiseFcn, content_keys, covering_subsets
 from cosal_cli.models.vgg import VGG16Features
 
 
@@ -82,10 +82,8 @@ def _feature_names(network: GroupWiseFcn) -> tuple[str, ...]:
 
 
 def _encode(network: GroupWiseFcn, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    semantic, pool3 = network.encode(images)
-    scaled = semantic * FEATURE_SCALE
-    single = network.head.single(scaled)
-    return (scaled, single) if pool3 is None else (scaled, single, network.head.skip.details(pool3))
+    scaled, single, details = network.encode_each(images)
+    return (scaled, single) if details is None else (scaled, single, details)
 
 
 def _subsets(network: GroupWiseFcn, scaled: torch.Tensor, single: torch.Tensor,

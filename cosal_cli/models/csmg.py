@@ -16,7 +16,11 @@ bilinear) back to the input size; the sigmoid of its output is the map. The pape
 whole FCN; here VGG-16 stays frozen, as the backbone of every cosal method (one shared component,
 small trained heads), so only the head learns. The mask never enters anywhere but pool3 and pool5.
 
-``branches`` selects the paper's ablations (``("pool3",)`` or ``("pool5",)`` alone).
+``branches`` selects the paper's ablations (``("pool3",)`` or ``("pool5",)`` alone). ``output_stride`` 8
+(cosal's, not the paper's: its maps are 7 x 7 grids upsampled x32) adds FCN-8s's skip
+(:mod:`~cosal_cli.models.fcn_skip`): a correction of the logits at 1/8 of the input from the image's
+*unmasked* pool3 and conv7's feature, so the map's edges, and parts of the object the mask missed, can be
+drawn from the image itself.
 """
 
 from __future__ import annotations
@@ -28,20 +32,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cosal_cli.models.fcn_skip import Pool3Skip
 from cosal_cli.models.heads import FrozenBackboneNetwork, bilinear_kernel
 from cosal_cli.models.vgg import VGG16Features, imagenet_normalise
 
 BRANCHES = ("pool3", "pool5")
-DEFAULT_CONFIG: dict[str, Any] = {"channels": 256, "dropout": 0.5, "branches": list(BRANCHES)}
+DEFAULT_CONFIG: dict[str, Any] = {"channels": 256, "dropout": 0.5, "branches": list(BRANCHES), "output_stride": 32}
+OUTPUT_STRIDES = (32, 8)  # 32: the paper's x32 deconvolution; 8: the pool3 skip as well
+SKIP_INPUT = "skip_pool3"  # the cache's key for the unmasked pool3 the skip reads (the branches are named pool3/5)
 #: ``VGG16Features.features`` slices: conv1_1 .. pool3, conv4_1 .. relu5_3, and pool5.
 TO_POOL3, TO_RELU5_3, POOL5 = slice(0, 17), slice(17, 30), 30
 
 
 class CsmgHead(nn.Module):
-    """conv6, conv7 (1 x 1, ReLU, dropout), score (1 x 1 to one channel), deconvolution x32."""
+    """conv6, conv7 (1 x 1, ReLU, dropout), score (1 x 1 to one channel), deconvolution x32; optionally
+    the pool3 skip."""
 
-    def __init__(self, channels: int = 256, dropout: float = 0.5):
+    def __init__(self, channels: int = 256, dropout: float = 0.5, skip: bool = False):
         super().__init__()
+        if skip:
+            self.skip = Pool3Skip(channels)
         self.conv6 = nn.Conv2d(512, channels, kernel_size=1)
         self.conv7 = nn.Conv2d(channels, channels, kernel_size=1)
         self.score = nn.Conv2d(channels, 1, kernel_size=1)
@@ -50,10 +60,12 @@ class CsmgHead(nn.Module):
         with torch.no_grad():
             self.upsample.weight.copy_(bilinear_kernel(64))
 
-    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+    def forward(self, fused: torch.Tensor, details: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits at 32 x ``fused``'s size; with the skip, ``details`` of pool3 correct them at 1/8."""
         x = self.dropout(F.relu(self.conv6(fused)))
         x = self.dropout(F.relu(self.conv7(x)))
-        return self.upsample(self.score(x))
+        logits = self.upsample(self.score(x))
+        return logits if details is None else self.skip.refine(logits, x, details)
 
 
 class MaskGuidedFcn(FrozenBackboneNetwork):
@@ -68,13 +80,23 @@ class MaskGuidedFcn(FrozenBackboneNetwork):
         unknown = set(self.config["branches"]) - set(BRANCHES) or not self.config["branches"]
         if unknown:
             raise ValueError(f"branches must be a non-empty subset of {BRANCHES}, not {self.config['branches']}")
+        if self.config["output_stride"] not in OUTPUT_STRIDES:
+            raise ValueError(f"CSMG's output_stride is one of {OUTPUT_STRIDES}, not {self.config['output_stride']!r}")
         self.freeze("backbone", backbone)
-        self.head = CsmgHead(int(self.config["channels"]), float(self.config["dropout"]))
+        self.head = CsmgHead(int(self.config["channels"]), float(self.config["dropout"]), self.skips)
         self._masks = masks  # stage 1, (k, 512, h, w) relu5_3 of a (sub-)group to (k, h, w) masks in [0, 1]
 
     @property
     def branches(self) -> tuple[str, ...]:
         return tuple(self.config["branches"])
+
+    @property
+    def skips(self) -> bool:
+        return self.config["output_stride"] == 8
+
+    def init_may_add(self) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """An --init head may lack the pool3 skip: this network's starts at zero (the same maps)."""
+        return ({"output_stride": 8}, ("skip.",)) if self.skips else ({}, ())
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pool3 and relu5_3 of (k, 3, S, S) images in [0, 1]."""
@@ -100,10 +122,12 @@ class MaskGuidedFcn(FrozenBackboneNetwork):
             out["pool5"] = pool5 * F.adaptive_avg_pool2d(masks, tuple(int(side) for side in pool5.shape[-2:]))
         return out
 
-    def decode(self, branches: Mapping[str, torch.Tensor], size: Sequence[int]) -> torch.Tensor:
-        """Logits (k, 1, S, S) from the branches' pool5 tensors (their sum goes into the head)."""
+    def decode(self, branches: Mapping[str, torch.Tensor], size: Sequence[int],
+               pool3: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """Logits (k, 1, S, S) from the branches' pool5 tensors (their sum goes into the head) and, for
+        the skip, the unmasked pool3."""
         fused = sum(branches[name].float() for name in self.branches)
-        logits = self.head(fused)
+        logits = self.head(fused, self.head.skip.details(pool3) if self.skips else None)
         if logits.shape[-2:] != tuple(size):  # inputs that are not a multiple of 32
             logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
         return logits
@@ -114,7 +138,7 @@ class MaskGuidedFcn(FrozenBackboneNetwork):
             pool3, relu5_3 = self.encode(images)
             masks = self.masks(relu5_3) if masks is None else masks
             branches = self.branch_features(pool3, relu5_3, masks)
-        return [self.decode(branches, images.shape[-2:])]
+        return [self.decode(branches, images.shape[-2:], pool3)]
 
     def encode_for_cache(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """What :meth:`forward_from_cache` needs of a sub-group: each branch's pool5 (masks applied).
@@ -123,10 +147,11 @@ class MaskGuidedFcn(FrozenBackboneNetwork):
         (:attr:`cache_sub_group`); a cached view carries the mask of the sub-group it was cached in.
         """
         pool3, relu5_3 = self.encode(images)
-        return self.branch_features(pool3, relu5_3, self.masks(relu5_3))
+        branches = self.branch_features(pool3, relu5_3, self.masks(relu5_3))
+        return {**branches, SKIP_INPUT: pool3} if self.skips else branches
 
     def forward_from_cache(self, cached: Mapping[str, torch.Tensor], size: Sequence[int]) -> list[torch.Tensor]:
-        return [self.decode(cached, size)]
+        return [self.decode(cached, size, cached.get(SKIP_INPUT))]
 
     def predict_group(self, images: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Maps (N, S, S) in [0, 1] of a whole group, and its relu5_3 features (N, 512, S/16, S/16) on the CPU.
@@ -141,6 +166,6 @@ class MaskGuidedFcn(FrozenBackboneNetwork):
             maps = []
             for (pool3, relu5_3), part_masks in zip(encoded, masks.split(chunk)):
                 branches = self.branch_features(pool3, relu5_3, part_masks)
-                maps.append(torch.sigmoid(self.decode(branches, images.shape[-2:]))[:, 0])
+                maps.append(torch.sigmoid(self.decode(branches, images.shape[-2:], pool3))[:, 0])
         return torch.cat(maps), features.cpu()
 

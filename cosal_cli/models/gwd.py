@@ -13,7 +13,8 @@ Five images go in together and five maps come out:
 
 With ``output_stride`` 8 the head also has FCN-8s's skip (Long et al., CVPR 2015; GWD is an FCN): a
 correction of the logits at 1/8 of the input from VGG-16's pool3 and the collaborative feature
-(:class:`Pool3Skip`). The paper's single x16 deconvolution draws the maps' edges from 1/16 of the input.
+(:class:`~cosal_cli.models.fcn_skip.Pool3Skip`). The paper's single x16 deconvolution draws the maps' edges
+from 1/16 of the input.
 
 The paper fine-tunes everything from a saliency VGG-16; here VGG-16 stays frozen, shared with the
 other cosal methods, and the blocks above it (the head) are what ``cosal train`` learns: fine-tuning
@@ -37,13 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cosal_cli.models.fcn_skip import Pool3Skip, conv_relu
 from cosal_cli.models.heads import FrozenBackboneNetwork, bilinear_kernel
 from cosal_cli.models.vgg import VGG16Features, imagenet_normalise
 
 GROUP_SIZE = 5  # the paper's K
 COVER = 3  # every image of a group of 5 or more is predicted in at least this many subsets
 #: Optional ``tune_encoder``: conv5_1 .. conv5_3 take a trained low-rank update (:class:`TunedConv5`).
-#: ``output_stride``: 16, the paper's x16 deconvolution; 8 adds the pool3 skip (:class:`Pool3Skip`).
+#: ``output_stride``: 16, the paper's x16 deconvolution; 8 adds the pool3 skip (:mod:`~cosal_cli.models.fcn_skip`).
 DEFAULT_CONFIG: dict[str, Any] = {"channels": 128, "output_stride": 16}
 OUTPUT_STRIDES = (16, 8)
 # ``VGG16Features.features``: conv1_1 .. pool3, pool3 .. pool4 (what stays frozen) and conv5 (what a tuned head updates)
@@ -53,12 +55,6 @@ ENCODER_LR_SCALE = 1.0  # the update's learning rate / --lr: it starts at zero, 
 LAB_BINS = (4, 6, 6)  # L, a, b bins of the colour histogram in the global descriptor
 FOREGROUND_PRIOR = 0.2  # the share of a map the head predicts as salient before training
 FEATURE_SCALE = 1 / 8  # relu5_3 has a standard deviation of about 8 (up to ~400): brought near 1 for the head
-POOL3_SCALE = 1 / 512  # pool3's standard deviation is about 540 (up to ~10,000)
-SKIP_CHANNELS = 64
-
-
-def _conv(inputs: int, outputs: int, kernel: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(inputs, outputs, kernel, padding=kernel // 2), nn.ReLU(inplace=True))
 
 
 class TunedConv5(nn.Module):
@@ -85,30 +81,6 @@ class TunedConv5(nn.Module):
         return x
 
 
-class Pool3Skip(nn.Module):
-    """FCN-8s's skip: logits at 1/8 of the input from pool3 and the collaborative feature (upsampled x2),
-    added to the x16 maps' logits. Its score starts at zero, so an --init head without one keeps its maps.
-
-    :meth:`details` depends on one image only, so inference runs it once per image, not once per subset.
-    """
-
-    def __init__(self, channels: int, detail: int = SKIP_CHANNELS):
-        super().__init__()
-        self.detail = _conv(256, detail)
-        self.fuse = _conv(channels + detail, detail)
-        self.score = nn.Conv2d(detail, 1, kernel_size=1)
-        nn.init.zeros_(self.score.weight)
-        nn.init.zeros_(self.score.bias)
-
-    def details(self, pool3: torch.Tensor) -> torch.Tensor:
-        """(k, 256, h, w) pool3 to the (k, 64, h, w) features the skip reads."""
-        return self.detail(pool3.float() * POOL3_SCALE)
-
-    def forward(self, collaborative: torch.Tensor, details: torch.Tensor) -> torch.Tensor:
-        coarse = F.interpolate(collaborative, size=details.shape[-2:], mode="bilinear", align_corners=False)
-        return self.score(self.fuse(torch.cat([coarse, details], dim=1)))
-
-
 class GwdHead(nn.Module):
     """The group saliency, single-image and collaborative blocks (eqs. 4-6), optionally conv5's update
     and the pool3 skip."""
@@ -119,10 +91,11 @@ class GwdHead(nn.Module):
             self.conv5 = TunedConv5()
         if skip:
             self.skip = Pool3Skip(channels)
-        self.group = nn.Sequential(_conv(GROUP_SIZE * 512, channels, 1), _conv(channels, channels),
-                                   _conv(channels, channels))  # fmt: skip
-        self.single = nn.Sequential(_conv(512, channels), _conv(channels, channels), _conv(channels, channels))
-        self.collaborative = _conv(2 * channels, channels)
+        self.group = nn.Sequential(conv_relu(GROUP_SIZE * 512, channels, 1), conv_relu(channels, channels),
+                                   conv_relu(channels, channels))  # fmt: skip
+        self.single = nn.Sequential(conv_relu(512, channels), conv_relu(channels, channels),
+                                    conv_relu(channels, channels))  # fmt: skip
+        self.collaborative = conv_relu(2 * channels, channels)
         self.score = nn.Conv2d(channels, 1, kernel_size=1)
         self.upsample = nn.ConvTranspose2d(1, 1, kernel_size=32, stride=16, padding=8, bias=False)
         with torch.no_grad():
@@ -143,8 +116,7 @@ class GwdHead(nn.Module):
         logits = self.upsample(self.score(collaborative))
         if details is None:
             return logits
-        fine = self.skip(collaborative, details)
-        return logits + F.interpolate(fine, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+        return self.skip.refine(logits, collaborative, details)
 
 
 class GroupWiseFcn(FrozenBackboneNetwork):
@@ -160,8 +132,11 @@ class GroupWiseFcn(FrozenBackboneNetwork):
         if self.config["output_stride"] not in OUTPUT_STRIDES:
             raise ValueError(f"GWD's output_stride is one of {OUTPUT_STRIDES}, not {self.config['output_stride']!r}")
         self.freeze("backbone", backbone)
-        self.skips = self.config["output_stride"] == 8
         self.head = GwdHead(int(self.config["channels"]), self.tunes_encoder, self.skips)
+
+    @property
+    def skips(self) -> bool:
+        return self.config["output_stride"] == 8
 
     def init_may_add(self) -> tuple[dict[str, Any], tuple[str, ...]]:
         """An --init head may also lack the pool3 skip: this network's starts at zero."""
@@ -226,8 +201,7 @@ class GroupWiseFcn(FrozenBackboneNetwork):
         blocks run per subset, ``chunk`` subsets at a time.
         """
         with torch.no_grad():
-            scaled, details = self._encode_group(images, chunk)
-            single = torch.cat([self.head.single(part) for part in scaled.split(chunk)])
+            scaled, single, details = self._encode_group(images, chunk)
             subsets = torch.tensor(covering_subsets(content_keys(images)), device=images.device)
             total = torch.zeros(images.shape[0], *images.shape[-2:], device=images.device)
             for part in subsets.split(chunk):
@@ -236,16 +210,18 @@ class GroupWiseFcn(FrozenBackboneNetwork):
             count = torch.bincount(subsets.flatten(), minlength=images.shape[0])
         return total / count[:, None, None]
 
-    def _encode_group(self, images: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Scaled relu5_3 and the skip's details (None without one) of every image, ``chunk`` at a time:
-        a chunk's pool3 is dropped once its details are made (64 channels kept instead of 256)."""
-        scaled, details = [], []
-        for part in images.split(chunk):
-            semantic, pool3 = self.encode(part)
-            scaled.append(semantic * FEATURE_SCALE)
-            if pool3 is not None:
-                details.append(self.head.skip.details(pool3))
-        return torch.cat(scaled), torch.cat(details) if details else None
+    def encode_each(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """What depends on one image only: its scaled relu5_3, single-image features and the skip's details
+        of pool3 (None without a skip; pool3 itself is dropped here, 64 channels kept instead of 256)."""
+        semantic, pool3 = self.encode(images)
+        scaled = semantic * FEATURE_SCALE
+        return scaled, self.head.single(scaled), None if pool3 is None else self.head.skip.details(pool3)
+
+    def _encode_group(self, images: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`encode_each` of every image, ``chunk`` at a time."""
+        parts = [self.encode_each(part) for part in images.split(chunk)]
+        scaled, single, details = (list(column) for column in zip(*parts))
+        return torch.cat(scaled), torch.cat(single), None if details[0] is None else torch.cat(details)
 
 
 def content_keys(images: torch.Tensor) -> list[str]:
