@@ -28,7 +28,8 @@ from cosal_cli.training.trainer import collect_data
 BASE = SmoothingSettings()
 CANDIDATES = {
     "default": BASE,
-    "output weight 0.7": replace(BASE, output_weight=0.7),
+    "output weight 0.9": replace(BASE, output_weight=0.9),
+    "output weight 0.5": replace(BASE, output_weight=0.5),
     "output weight 0.3": replace(BASE, output_weight=0.3),
     "output weight 0": replace(BASE, output_weight=0.0),
     "1 round (no CRF)": replace(BASE, rounds=1),

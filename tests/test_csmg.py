@@ -147,7 +147,8 @@ def test_label_smoothing_cleans_noisy_maps_of_a_group():
     # Deep features stand-in: a "redness" channel and its complement, at 1/16 of the size (as relu5_3).
     red = torch.from_numpy(images[..., 0].astype(np.float32) / 255.0)[:, None]
     features = torch.nn.functional.avg_pool2d(torch.cat([red, 1 - red], dim=1), 16)
-    settings = smoothing.SmoothingSettings(scales=(40, 80), neighbours=4)
+    # half the ranking's (the default, 0.7 s, trusts a trained FCN's maps more than these noisy ones)
+    settings = smoothing.SmoothingSettings(scales=(40, 80), neighbours=4, output_weight=0.5)
     smoothed = smoothing.smooth_group(images, maps, features, settings)
     assert smoothed.shape == maps.shape and smoothed.dtype == np.float32
     before = ((maps > 0.5) == discs).mean()
@@ -185,15 +186,20 @@ def csmg_weights(real_hub, real_weights):
 
 
 @pytest.mark.weights
-@pytest.mark.parametrize(("role", "branches"), [("head", ["pool3", "pool5"]), ("head_pool3", ["pool3"]),
-                                                ("head_pool5", ["pool5"])])  # fmt: skip
-def test_the_heads_are_bundled_and_trained_on_the_shipped_split(real_hub, csmg_weights, role, branches):
+@pytest.mark.parametrize(("role", "branches", "stride", "max_bytes"), [
+    ("head", ["pool3", "pool5"], 8, 2_300_000),  # with the pool3 skip (331,969 values)
+    ("head_pool3", ["pool3"], 32, 1_000_000),
+    ("head_pool5", ["pool5"], 32, 1_000_000),
+])  # fmt: skip
+def test_the_heads_are_bundled_and_trained_on_the_shipped_split(real_hub, csmg_weights, role, branches, stride,
+                                                                max_bytes):  # fmt: skip
     from .conftest import check_shipped_head
 
     assert real_hub.manifest.roles("csmg")["backbone"] == "vgg16-imagenet"
-    metadata = check_shipped_head(real_hub, "csmg", csmg_weights[role], max_bytes=1_000_000, role=role)
+    metadata = check_shipped_head(real_hub, "csmg", csmg_weights[role], max_bytes=max_bytes, role=role)
     assert metadata["training"]["split"]["name"] == "shared-v2"
     assert metadata["config"]["branches"] == branches
+    assert metadata["config"].get("output_stride", 32) == stride
     assert metadata["training"]["loss"] == "l2"  # eq. 9
     assert metadata["validation"]["kept"]["sm"] > 0.65  # the FCN alone (measured .689 to .706)
 

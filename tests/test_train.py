@@ -28,7 +28,7 @@ from cosal_cli.cli import app
 from cosal_cli.cli import train as train_command
 from cosal_cli.errors import UsageError
 from cosal_cli.methods import sod
-from cosal_cli.models.heads import HEAD_FORMAT, load_tensors, save_head, save_tensors
+from cosal_cli.models.heads import HEAD_FORMAT, load_head, load_tensors, save_head, save_tensors
 from cosal_cli.splits import load_split, parse_split
 from cosal_cli.training import checkpoints, checks, losses, trainer
 from cosal_cli.training.sampler import (
@@ -1057,3 +1057,20 @@ def test_interpolate_heads_averages_the_weights_and_records_both_parents(tmp_pat
                              capture_output=True, text=True)  # fmt: skip
         assert run.returncode == 2 and expected in run.stderr, run.stderr
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_subnormal_weights_are_zeroed_when_a_head_loads_and_after_every_step(tmp_path):
+    """Weight decay leaves dead channels' weights subnormal, which slows CPU convolutions about tenfold."""
+    tiny = torch.finfo(torch.float32).tiny
+    weights = torch.tensor([1e-39, -1e-40, tiny, 0.5, -2e-39])
+    path = tmp_path / "head.safetensors"
+    save_head(path, {"w": weights, "steps": torch.tensor([3])}, {"method": "sod", "config": {}})
+    loaded = load_head(path, "sod").tensors
+    assert torch.equal(loaded["w"], torch.tensor([0.0, 0.0, tiny, 0.5, 0.0]))  # the smallest normal stays
+    assert loaded["steps"].item() == 3
+    layer = torch.nn.Linear(4, 1)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1e-39, 1.0, 2.0, 3.0]]))
+    optimiser = torch.optim.Adam(layer.parameters(), lr=0.0)  # the step itself leaves the subnormal as it is
+    trainer._step(optimiser, layer(torch.ones(2, 4)).sum())
+    assert layer.weight[0, 0].item() == 0.0 and layer.weight[0, 1:].abs().min() > 0.5

@@ -14,7 +14,7 @@ safetensors header holds string metadata; each entry here is JSON:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,23 @@ def load_head(path: Path, method: str, device: str | torch.device = "cpu") -> He
         raise ValueError(f"{path} is not a cosal head (format {head.metadata.get('format')!r}, expected {HEAD_FORMAT})")
     if head.metadata.get("method") != method:
         raise ValueError(f"{path} is a head for method {head.metadata.get('method')!r}, not {method!r}")
+    zero_subnormals_(head.tensors.values())  # heads saved before training flushed them
     return head
+
+
+def zero_subnormals_(tensors: Iterable[torch.Tensor]) -> None:
+    """Set float32 values below the smallest normal number (about 1.2e-38) to zero, in place.
+
+    Weight decay drives the weights of channels that get no gradient towards zero until they are subnormal
+    (8 % of a csmg head trained with Adam's 5e-4), and CPU convolutions over them are many times slower
+    (measured on 2 threads: a 3 x 3 convolution with 30 % of its weights subnormal, 16x; csmg's training,
+    13 against 65 images/s). ``torch.set_flush_denormal`` only partly helped there (1.24 s -> 0.77 s a pass,
+    against 0.08 s zeroed), so the values themselves go; their effect on any output is below float32's resolution.
+    """
+    with torch.no_grad():
+        for tensor in tensors:
+            if tensor.dtype == torch.float32:
+                tensor.masked_fill_(tensor.abs() < torch.finfo(torch.float32).tiny, 0.0)
 
 
 class FrozenBackboneNetwork(nn.Module):

@@ -30,7 +30,7 @@ import torch
 from cosal_cli import __version__, datasets, inference, methods, metrics
 from cosal_cli.errors import UsageError
 from cosal_cli.io import Group, ImageFile, load_grey
-from cosal_cli.models.heads import load_tensors, save_head, save_tensors
+from cosal_cli.models.heads import load_tensors, save_head, save_tensors, zero_subnormals_
 from cosal_cli.splits import Split
 from cosal_cli.training import cache, checks, co_category
 from cosal_cli.training.checkpoints import LoopState, load_checkpoint, load_initial_head, save_checkpoint
@@ -283,6 +283,7 @@ def _step(optimiser: torch.optim.Optimizer, loss: torch.Tensor) -> float:
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
     optimiser.step()
+    zero_subnormals_(param for group in optimiser.param_groups for param in group["params"])
     return loss.detach().item()
 
 
