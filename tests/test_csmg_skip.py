@@ -49,17 +49,10 @@ def test_an_untrained_skip_keeps_the_stride_32_maps_and_caches_the_unmasked_pool
 
 def test_a_trained_skip_draws_the_maps_from_the_unmasked_pool3(pair):
     plain, _ = pair
+    from .test_gwd_skip import assert_a_trained_skip_reads
+
     skipping = MaskGuidedFcn(plain.backbone, soft_masks, {"output_stride": 8}).eval()
-    with torch.no_grad():
-        torch.nn.init.normal_(skipping.head.skip.score.weight, std=0.5)
-        cached = skipping.encode_for_cache(torch.rand(3, 3, 64, 64))
-        (coarse,) = plain.forward_from_cache(cached, (64, 64))
-        (fine,) = skipping.forward_from_cache(cached, (64, 64))
-        assert (fine - coarse).abs().max() > 1e-3
-        # other pool3 features, at the scale of a trained VGG-16's (the random one's are near zero)
-        other = {**cached, SKIP_INPUT: torch.rand_like(cached[SKIP_INPUT]) * 1000}
-        assert not torch.allclose(skipping.forward_from_cache(other, (64, 64))[0], fine, atol=1e-4)
-        assert torch.equal(plain.forward_from_cache(other, (64, 64))[0], coarse)  # stride 32 never reads it
+    assert_a_trained_skip_reads(plain, skipping, torch.rand(3, 3, 64, 64), SKIP_INPUT)  # stride 32 never reads it
 
     # Where the mask is zero the masked branches are blind, and the skip still sees the image: with all-zero
     # masks two images get one map at stride 32 and two different maps with the skip.
@@ -77,15 +70,10 @@ def test_a_trained_skip_draws_the_maps_from_the_unmasked_pool3(pair):
 
 def test_the_skip_learns_from_its_zero_start(pair):
     plain, _ = pair
+    from .test_gwd_skip import assert_the_skip_learns_from_zero
+
     skipping = MaskGuidedFcn(plain.backbone, soft_masks, {"output_stride": 8}).train()
-    cached = skipping.encode_for_cache(torch.rand(3, 3, 64, 64))
-    optimiser = torch.optim.Adam(skipping.parameter_groups(1e-3))
-    for _ in range(2):  # the first step moves the score (the convolutions under it get no gradient while it is zero)
-        optimiser.zero_grad()
-        skipping.forward_from_cache(cached, (64, 64))[0].sigmoid().mean().backward()
-        optimiser.step()
-    assert skipping.head.skip.score.weight.abs().max() > 0
-    assert all(param.grad is not None and param.grad.abs().sum() > 0 for param in skipping.head.skip.parameters())
+    assert_the_skip_learns_from_zero(skipping, torch.rand(3, 3, 64, 64))
 
 
 def test_a_stride_the_network_cannot_build_is_a_value_error():

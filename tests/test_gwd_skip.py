@@ -41,26 +41,37 @@ def test_an_untrained_skip_keeps_the_stride_16_maps_and_caches_pool3(tune_encode
 
 def test_a_trained_skip_draws_the_maps_from_pool3():
     plain, skipping = pair()
+    assert_a_trained_skip_reads(plain, skipping, torch.rand(5, 3, 64, 64), "pool3")
+
+
+def assert_a_trained_skip_reads(plain, skipping, images: torch.Tensor, key: str) -> None:
+    """With a non-zero score, the skipping network's maps differ from the plain one's and follow the cached
+    pool3 under ``key``, which the plain network never reads. Shared with csmg's skip tests."""
+    size = images.shape[-2:]
     with torch.no_grad():
         torch.nn.init.normal_(skipping.head.skip.score.weight, std=0.5)
-        cached = skipping.encode_for_cache(torch.rand(5, 3, 64, 64))
-        (coarse,) = plain.forward_from_cache(cached, (64, 64))
-        (fine,) = skipping.forward_from_cache(cached, (64, 64))
+        cached = skipping.encode_for_cache(images)
+        (coarse,), (fine,) = plain.forward_from_cache(cached, size), skipping.forward_from_cache(cached, size)
         assert (fine - coarse).abs().max() > 1e-3
         # other pool3 features, at the scale of a trained VGG-16's (the random one's are near zero)
-        other = {**cached, "pool3": torch.rand_like(cached["pool3"]) * 1000}
-        assert not torch.allclose(skipping.forward_from_cache(other, (64, 64))[0], fine, atol=1e-4)
-        assert torch.equal(plain.forward_from_cache(other, (64, 64))[0], coarse)  # stride 16 never reads pool3
+        other = {**cached, key: torch.rand_like(cached[key]) * 1000}
+        assert not torch.allclose(skipping.forward_from_cache(other, size)[0], fine, atol=1e-4)
+        assert torch.equal(plain.forward_from_cache(other, size)[0], coarse)
 
 
 def test_the_skip_learns_from_its_zero_start():
     _, skipping = pair()
-    skipping.train()
-    cached = skipping.encode_for_cache(torch.rand(5, 3, 64, 64))
+    assert_the_skip_learns_from_zero(skipping.train(), torch.rand(5, 3, 64, 64))
+
+
+def assert_the_skip_learns_from_zero(skipping, images: torch.Tensor) -> None:
+    """Two steps from the cache: the first moves the score (the convolutions under it get no gradient while
+    it is zero), the second reaches every weight of the skip. Shared with csmg's skip tests."""
+    cached = skipping.encode_for_cache(images)
     optimiser = torch.optim.Adam(skipping.parameter_groups(1e-3))
-    for _ in range(2):  # the first step moves the score (the blocks under it get no gradient while it is zero)
+    for _ in range(2):
         optimiser.zero_grad()
-        skipping.forward_from_cache(cached, (64, 64))[0].sigmoid().mean().backward()
+        skipping.forward_from_cache(cached, images.shape[-2:])[0].sigmoid().mean().backward()
         optimiser.step()
     assert skipping.head.skip.score.weight.abs().max() > 0
     assert all(param.grad is not None and param.grad.abs().sum() > 0 for param in skipping.head.skip.parameters())
