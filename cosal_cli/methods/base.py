@@ -175,7 +175,7 @@ class TrainableMethod(Method):
     tunable_encoder: ClassVar[bool] = False
     #: The tuned part runs on the cached encoder outputs (gwd's conv5 on pool4), so it trains from the cache.
     tuned_above_cache: ClassVar[bool] = False
-    #: The strides ``cosal train --output-stride`` may give the maps (gwd: 16, the paper's, or 8 with a pool3 skip).
+    #: The strides ``cosal train --output-stride`` may give the maps (the paper's, or 8 with the pool3 skip).
     output_strides: ClassVar[tuple[int, ...]] = ()
     #: Adam's L2 weight decay on the head (CSMG's eq. 9 has one).
     weight_decay: ClassVar[float] = 0.0

@@ -90,14 +90,6 @@ class MaskGuidedFcn(FrozenBackboneNetwork):
     def branches(self) -> tuple[str, ...]:
         return tuple(self.config["branches"])
 
-    @property
-    def skips(self) -> bool:
-        return self.config["output_stride"] == 8
-
-    def init_may_add(self) -> tuple[dict[str, Any], tuple[str, ...]]:
-        """An --init head may lack the pool3 skip: this network's starts at zero (the same maps)."""
-        return ({"output_stride": 8}, ("skip.",)) if self.skips else ({}, ())
-
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pool3 and relu5_3 of (k, 3, S, S) images in [0, 1]."""
         layers = self.backbone.features

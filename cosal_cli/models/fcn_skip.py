@@ -14,6 +14,7 @@ from torch import nn
 
 POOL3_SCALE = 1 / 512  # pool3's standard deviation is about 540 (up to ~10,000)
 SKIP_CHANNELS = 64
+SKIP_STRIDE = 8  # pool3's stride in VGG-16: the ``output_stride`` of a head with the skip
 
 
 def conv_relu(inputs: int, outputs: int, kernel: int = 3) -> nn.Sequential:

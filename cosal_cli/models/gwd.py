@@ -134,15 +134,6 @@ class GroupWiseFcn(FrozenBackboneNetwork):
         self.freeze("backbone", backbone)
         self.head = GwdHead(int(self.config["channels"]), self.tunes_encoder, self.skips)
 
-    @property
-    def skips(self) -> bool:
-        return self.config["output_stride"] == 8
-
-    def init_may_add(self) -> tuple[dict[str, Any], tuple[str, ...]]:
-        """An --init head may also lack the pool3 skip: this network's starts at zero."""
-        added, prefixes = super().init_may_add()
-        return ({**added, "output_stride": 8}, (*prefixes, "skip.")) if self.skips else (added, prefixes)
-
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The semantic block: relu5_3 (k, 512, S/16, S/16) of (k, 3, S, S) images in [0, 1]; and pool3
         (k, 256, S/8, S/8) for the skip (None without one)."""

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from cosal_cli.io import atomic_output
+from cosal_cli.models.fcn_skip import SKIP_STRIDE
 
 HEAD_FORMAT = "cosal-head/1"
 
@@ -122,6 +123,11 @@ class FrozenBackboneNetwork(nn.Module):
     def tunes_encoder(self) -> bool:
         return bool(self.config.get("tune_encoder", False))
 
+    @property
+    def skips(self) -> bool:
+        """Whether the head has FCN-8s's pool3 skip (:mod:`cosal_cli.models.fcn_skip`, gwd and csmg)."""
+        return self.config.get("output_stride") == SKIP_STRIDE
+
     def parameter_groups(self, lr: float, encoder_lr_scale: float | None = None) -> list[dict[str, Any]]:
         """The optimiser's groups: the tuned part of the encoder (if any) learns at ``encoder_lr_scale``
         (default ``tuned_encoder_lr_scale``) times ``lr``, the rest of the head at ``lr``."""
@@ -135,8 +141,14 @@ class FrozenBackboneNetwork(nn.Module):
 
     def init_may_add(self) -> tuple[dict[str, Any], tuple[str, ...]]:
         """What an --init head may lack (config, and the prefixes of its weights): a head trained without the
-        tuned part of the encoder gets one as this network built it."""
-        return ({"tune_encoder": True}, (self.tuned_encoder + ".",)) if self.tunes_encoder else ({}, ())
+        tuned part of the encoder, or without the pool3 skip, gets them as this network built them (the skip's
+        score starts at zero, so the head's maps stay as they were)."""
+        added, prefixes = {}, ()
+        if self.tunes_encoder:
+            added, prefixes = {"tune_encoder": True}, (self.tuned_encoder + ".",)
+        if self.skips:
+            added, prefixes = {**added, "output_stride": SKIP_STRIDE}, (*prefixes, "skip.")
+        return added, prefixes
 
     def train(self, mode: bool = True) -> FrozenBackboneNetwork:
         super().train(mode)
