@@ -51,13 +51,13 @@ def main() -> None:
     hub = WeightHub()
     backbone = hub.manifest.component(hub.manifest.roles(args.method)["backbone"])
     torch.manual_seed(0)
-    network = method.build_network(hub.resolve(backbone.id, offline=True), method.training_config)
+    network = method.build_network(hub.resolve(backbone.id, offline=True))  # the default head
     network.train()
     optimiser = torch.optim.Adam(network.head.parameters(), lr=1e-4)
     batches = epoch_batches(by_group(images), settings, 0)
 
     with tempfile.TemporaryDirectory() as folder:
-        identity = cache.fingerprint(images, args.views, settings, args.method, backbone.sha256)
+        identity = cache.fingerprint(images, args.views, settings, args.method, backbone.sha256, network.config)
         started = time.perf_counter()
         features = cache.open_or_build(Path(folder), network, images, args.views, settings, identity, lambda _: None)
         build = (time.perf_counter() - started) / (len(images) * args.views)

@@ -1,4 +1,5 @@
-"""The CPU-only parts of the benchmark scripts (throughput.py, overlapped_io.py, gpu_check.sh, tune_membership.py)."""
+"""The CPU-only parts of the benchmark scripts (throughput.py, overlapped_io.py, gpu_check.sh, tune_membership.py,
+csmg_mask_ceiling.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cosal_cli.models.membership import Membership
 
-from .conftest import REPO
+from .conftest import EXAMPLES, REPO, auc
 
 
 @pytest.mark.weights
@@ -104,3 +106,42 @@ def test_tune_membership_takes_each_shapes_smallest_safe_offset_and_the_lowest_r
         assert tuning[1].lost(tuning[1].weights(membership)) == 0.0
         lower = replace(membership, offset=membership.offset - 0.25)
         assert tuning[1].lost(tuning[1].weights(lower)) > 0.01
+
+
+def test_the_csmg_mask_ceilings_ground_truth_masks_are_the_masks_share_of_each_relu5_3_cell(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from csmg_mask_ceiling import ground_truth_masks
+
+    left = np.zeros((224, 224), np.uint8)
+    left[:, :120] = 255  # 7 cells of 16 columns, and half of the eighth
+    empty = np.zeros((50, 40), np.uint8)  # an outsider's mask, of another size than the input
+    masks = ground_truth_masks([left, empty], 224, (14, 14))
+    assert masks.shape == (2, 14, 14) and masks.dtype == torch.float32
+    assert torch.equal(masks[0, :, :7], torch.ones(14, 7)) and torch.equal(masks[0, :, 8:], torch.zeros(14, 6))
+    assert torch.allclose(masks[0, :, 7], torch.full((14,), 0.5))
+    assert torch.equal(masks[1], torch.zeros(14, 14))
+    stretched = ground_truth_masks([left[::2]], 224, (14, 14))[0]  # resized to the input, as its image is
+    assert torch.allclose(stretched, masks[0], atol=0.02)
+
+
+@pytest.mark.weights
+def test_the_csmg_mask_ceiling_swaps_stage_1_alone(linked_home, monkeypatch):
+    """With the ADMM in place it gives the shipped csmg's maps to the bit; the ground-truth masks change them,
+    and on the examples guide the FCN better than the ADMM masks and no masks (all ones) do."""
+    import cosal_cli
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from csmg_mask_ceiling import STAGE_ONE, SwappedStageOne
+
+    linked_home("vgg16-imagenet")
+    images = sorted((EXAMPLES / "Image" / "cat").glob("*.jpg"))
+    masks_of = {image: EXAMPLES / "GroundTruth" / "cat" / f"{image.stem}.png" for image in images}
+    maps = {stage: SwappedStageOne(stage, masks_of, "off").predict(images) for stage in STAGE_ONE}
+    shipped = cosal_cli.load("csmg", device="cpu", offline=True, smoothing="off").predict(images)
+    assert all(np.array_equal(ours, theirs) for ours, theirs in zip(maps["admm"], shipped))
+    targets = [np.asarray(Image.open(masks_of[image]).convert("L")) > 127 for image in images]
+    mean_auc = {stage: np.mean([auc(m, t) for m, t in zip(values, targets)]) for stage, values in maps.items()}
+    assert mean_auc["ground-truth"] > max(mean_auc["admm"], mean_auc["none"]), mean_auc  # .993, .975, .978
+    assert not any(np.array_equal(a, b) for a, b in zip(maps["ground-truth"], maps["admm"]))
+    with pytest.raises(ValueError, match="stage 1 is one of"):
+        SwappedStageOne("oracle", masks_of)

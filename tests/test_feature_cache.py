@@ -80,7 +80,7 @@ def toy_images(toy: dict[str, Path]) -> list[TrainImage]:
 
 
 def build(tmp_path: Path, images, settings: SamplerSettings, views: int = 2, notices: list | None = None):
-    identity = cache.fingerprint(images, views, settings, "toy", "0" * 64)
+    identity = cache.fingerprint(images, views, settings, "toy", "0" * 64, {})
     notes = notices if notices is not None else []
     return cache.open_or_build(tmp_path / "cache", MeanEncoder(), images, views, settings, identity, notes.append)
 

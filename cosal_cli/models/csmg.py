@@ -84,7 +84,9 @@ class MaskGuidedFcn(FrozenBackboneNetwork):
             raise ValueError(f"CSMG's output_stride is one of {OUTPUT_STRIDES}, not {self.config['output_stride']!r}")
         self.freeze("backbone", backbone)
         self.head = CsmgHead(int(self.config["channels"]), float(self.config["dropout"]), self.skips)
-        self._masks = masks  # stage 1, (k, 512, h, w) relu5_3 of a (sub-)group to (k, h, w) masks in [0, 1]
+        #: Stage 1: (k, 512, h, w) relu5_3 of a (sub-)group to (k, h, w) masks in [0, 1]. Public so that
+        #: benchmarks/csmg_mask_ceiling.py can put ground-truth masks in its place.
+        self.stage1 = masks
 
     @property
     def branches(self) -> tuple[str, ...]:
@@ -98,7 +100,7 @@ class MaskGuidedFcn(FrozenBackboneNetwork):
 
     def masks(self, relu5_3: torch.Tensor) -> torch.Tensor:
         """The group's masks (k, h, w) in [0, 1], at relu5_3's resolution (stage 1)."""
-        return self._masks(relu5_3).to(relu5_3.device)
+        return self.stage1(relu5_3).to(relu5_3.device)
 
     def branch_features(self, pool3: torch.Tensor, relu5_3: torch.Tensor,
                         masks: torch.Tensor) -> dict[str, torch.Tensor]:  # fmt: skip

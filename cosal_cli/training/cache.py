@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
@@ -170,14 +170,18 @@ class FeatureCache:
         self.arrays = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r") for name in names}
 
 
-def fingerprint(images: Sequence[TrainImage], views: int, settings: SamplerSettings, method: str, backbone: str):
-    """What the cached views depend on; a cache is reused only when all of it matches."""
+def fingerprint(images: Sequence[TrainImage], views: int, settings: SamplerSettings, method: str, backbone: str,
+                config: Mapping[str, Any]):  # fmt: skip
+    """What the cached views depend on; a cache is reused only when all of it matches.
+
+    ``config`` is the head's: what the network caches can depend on it (gwd caches pool4 when it tunes conv5).
+    """
     listing = "\n".join(f"{item.group_key}/{item.stem}\t{item.image}\t{item.mask}" for item in images)
     batch_only = ("min_group", "max_group", "outsider_fraction", "collaborative_fraction")
     view_settings = {key: value for key, value in asdict(settings).items() if key not in batch_only}
     identity = {"format": CACHE_FORMAT, "method": method, "backbone_sha256": backbone, "views": views,
                 "images": len(images), "images_sha256": hashlib.sha256(listing.encode()).hexdigest(),
-                "view_settings": view_settings}  # fmt: skip
+                "view_settings": view_settings, "config": dict(config)}  # fmt: skip
     return json.loads(json.dumps(identity))  # as cache.json will hold it (tuples become lists)
 
 
@@ -190,9 +194,8 @@ def open_or_build(
     identity: dict[str, Any],
     notice: Callable[[str], None],
 ) -> FeatureCache:
-    """The cache in ``folder`` if ``cache.json`` matches ``identity``; otherwise built there first."""
-    # what the network caches depends on its config too (gwd caches pool4 when it tunes conv5)
-    identity = json.loads(json.dumps({**identity, "config": dict(getattr(network, "config", {}))}))
+    """The cache in ``folder`` if ``cache.json`` matches ``identity`` (:func:`fingerprint`); otherwise built
+    there first."""
     cache = FeatureCache(folder, images, views)
     manifest = folder / "cache.json"
     if manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") == identity:

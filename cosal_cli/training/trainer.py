@@ -270,7 +270,8 @@ def _batch_source(settings: TrainSettings, network, train_images, backbone, devi
     cache.check_network(network, settings.method, settings.sampler, settings.cache_views)
     if not settings.cache_views:
         return cache.ImageBatches(settings.sampler, train_images, device, autocast)
-    identity = cache.fingerprint(train_images, settings.cache_views, settings.sampler, settings.method, backbone.sha256)
+    identity = cache.fingerprint(train_images, settings.cache_views, settings.sampler, settings.method, backbone.sha256,
+                                 network.config)  # fmt: skip
     features = cache.open_or_build(
         settings.cache_folder, network, train_images, settings.cache_views, settings.sampler, identity, reporter.notice
     )
