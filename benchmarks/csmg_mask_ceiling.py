@@ -31,8 +31,9 @@ from heldout_report import COLUMNS, folder_groups, plain_groups, score
 from PIL import Image
 
 import cosal_cli
-from cosal_cli import inference, methods
-from cosal_cli.io import load_grey, load_rgb
+from cosal_cli import methods
+from cosal_cli.api import Detector
+from cosal_cli.io import load_grey
 from cosal_cli.methods.loader import load_method
 
 STAGE_ONE = ("admm", "ground-truth", "none")
@@ -46,7 +47,7 @@ def ground_truth_masks(masks: Sequence[np.ndarray], size: int, grid: tuple[int, 
 
 
 class SwappedStageOne:
-    """csmg with stage 1 replaced by ``stage_one``; ``predict`` as :meth:`cosal_cli.api.Detector.predict`."""
+    """csmg with stage 1 replaced by ``stage_one``, predicting through :meth:`cosal_cli.api.Detector.predict`."""
 
     def __init__(self, stage_one: str, masks_of: dict[Path, Path], smoothing: str = "on"):
         if stage_one not in STAGE_ONE:
@@ -56,23 +57,21 @@ class SwappedStageOne:
         self.stage_one = stage_one
         self.masks_of = masks_of  # image path -> its ground-truth mask
         self.admm = self.method.network.stage1
+        self.detector = Detector(self.method, (), {})  # the API's path: decoding, inference, resizing
 
     def predict(self, images: Sequence[Path], name: str = "group") -> list[np.ndarray]:
         self.method.network.stage1 = self._stage_one_for(images)
-        decoded = inference.prepare_images([load_rgb(Path(image)).rgb for image in images], list(range(len(images))),
-                                           self.method.input_size)  # fmt: skip
-        maps = inference.infer(self.method, decoded)
-        return [maps.full(index) for index in range(len(maps))]
+        return self.detector.predict(images, name)
 
     def _stage_one_for(self, images: Sequence[Path]):
         if self.stage_one == "admm":
             return self.admm
-        masks = [load_grey(self.masks_of[Path(image)]) for image in images]
+        masks = [load_grey(self.masks_of[Path(image)]) for image in images] if self.stage_one == "ground-truth" else []
 
         def swapped(relu5_3: torch.Tensor) -> torch.Tensor:
             if len(relu5_3) != len(images):  # the whole group at once, as predict_group asks for it
                 raise ValueError(f"stage 1 was asked for {len(relu5_3)} masks of a {len(images)}-image group")
-            if self.stage_one == "none":
+            if not masks:  # "none"
                 return torch.ones(relu5_3.shape[0], *relu5_3.shape[-2:])
             return ground_truth_masks(masks, self.method.input_size, tuple(relu5_3.shape[-2:]))
 
